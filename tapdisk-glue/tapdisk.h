@@ -1,0 +1,169 @@
+/* The tapdisk driver API, after xapi-project/blktap's tapdisk3, so that a
+ * driver in drivers/ reads like a tapdisk driver.
+ *
+ * A disk is a chain of images (top first). A request enters at the top
+ * image's driver; a driver completes what it holds itself with
+ * td_complete_request() and hands what it does not hold to the next image
+ * with td_forward_request(). A driver may split a request into pieces
+ * (copies of the td_request_t with other sec/secs/buf) and complete or
+ * forward each piece on its own; the vbd completes the client's request
+ * when every sector of it is accounted for.
+ *
+ * Drivers do I/O through tiocbs: td_prep_read/td_prep_write fill one,
+ * td_queue_tiocb queues it, the runtime submits queued tiocbs once per
+ * event loop iteration and calls the tiocb's callback on completion.
+ */
+#ifndef RENEW_TAPDISK_H
+#define RENEW_TAPDISK_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <libaio.h>
+
+typedef uint64_t td_sector_t;
+typedef uint32_t td_flag_t;
+
+typedef struct td_driver_handle td_driver_t;
+typedef struct td_image_handle td_image_t;
+typedef struct td_vbd_request td_vbd_request_t;
+typedef struct td_request td_request_t;
+struct tiocb;
+
+#define TD_OP_READ   0
+#define TD_OP_WRITE  1
+
+/* Open flags. */
+#define TD_OPEN_RDONLY      0x0001
+#define TD_OPEN_QUIET       0x0002
+#define TD_OPEN_NO_O_DIRECT 0x0004
+#define TD_OPEN_SHAREABLE   0x0008 /* parent open: shared lock */
+#define TD_OPEN_LOCAL_CACHE 0x0010 /* unused; blktap compatibility */
+#define TD_OPEN_STRICT      0x0020 /* refuse what is merely doubtful */
+
+#define TD_NO_PARENT 1
+
+typedef void (*td_callback_t)(td_request_t treq, int err);
+
+struct td_request {
+	int op;
+	char *buf;
+	int status;
+	td_sector_t sec;
+	int secs;
+	td_image_t *image;   /* the image this piece is queued on */
+	td_callback_t cb;    /* set by the vbd; drivers do not touch it */
+	void *cb_data;
+	int sidx;
+	td_vbd_request_t *vreq;
+};
+
+struct td_disk_info {
+	td_sector_t size;       /* virtual size in sectors */
+	long sector_size;       /* 512 */
+	uint32_t info;
+};
+
+typedef struct td_disk_id {
+	char *name;             /* malloc'd; the parent's path */
+	int type;               /* a DISK_TYPE_* */
+	int flags;
+} td_disk_id_t;
+
+/* What a driver reports for `tap-ctl-renew stats` (filled by td_stats). */
+typedef struct td_stats {
+	uint64_t allocated_bytes; /* bytes of data the image itself holds */
+	uint64_t blocks_allocated;
+	uint64_t bitmap_cache_hits;
+	uint64_t bitmap_cache_misses;
+	char extra[512];          /* a JSON fragment (`"k":v,...`) or empty */
+} td_stats_t;
+
+typedef struct td_driver_handle td_driver_handle_t;
+
+struct tap_disk {
+	const char *disk_type;
+	td_flag_t flags;
+	int private_data_size;
+	int (*td_open)(td_driver_t *drv, const char *name, td_flag_t flags);
+	int (*td_close)(td_driver_t *drv);
+	int (*td_get_parent_id)(td_driver_t *drv, td_disk_id_t *id);
+	int (*td_validate_parent)(td_driver_t *child, td_driver_t *parent, td_flag_t flags);
+	void (*td_queue_read)(td_driver_t *drv, td_request_t treq);
+	void (*td_queue_write)(td_driver_t *drv, td_request_t treq);
+	/* Make completed writes durable; complete `treq` (secs = 0) when done. */
+	void (*td_queue_flush)(td_driver_t *drv, td_request_t treq);
+	void (*td_debug)(td_driver_t *drv);
+	void (*td_stats)(td_driver_t *drv, td_stats_t *st);
+};
+
+enum td_driver_state { TD_DRIVER_CLOSED = 0, TD_DRIVER_OPEN = 1 };
+
+struct td_driver_handle {
+	int type;
+	char *name;             /* the image's path */
+	int refcnt;
+	int state;
+	td_flag_t flags;
+	struct td_disk_info info;
+	void *data;             /* private_data_size bytes, zeroed */
+	const struct tap_disk *ops;
+	td_image_t *image;      /* back-pointer */
+};
+
+struct td_image_handle {
+	int type;
+	char *name;
+	td_flag_t flags;
+	td_driver_t *driver;
+	td_image_t *next;       /* the parent, or NULL */
+	struct td_vbd_handle *vbd;
+};
+
+/* Disk types: the string before the colon in `renew:/path`. */
+enum {
+	DISK_TYPE_AIO = 0,     /* raw file */
+	DISK_TYPE_RENEW = 1,   /* VHD overlay (read-write) */
+	DISK_TYPE_VHD = 2,     /* VHD parent (read-only) */
+	DISK_TYPE_MAX
+};
+struct disk_info {
+	int type;
+	const char *name;
+	const struct tap_disk *drv;
+};
+/* The type for a name ("aio", "renew", "vhd"), or -1. */
+int tapdisk_disktype_find(const char *name);
+const struct disk_info *tapdisk_disktype_get(int type);
+/* Split "type:path"; returns the type or a negative errno. */
+int tapdisk_parse_disk_type(const char *params, const char **path);
+
+/* Requests. */
+void td_complete_request(td_request_t treq, int res);
+void td_forward_request(td_request_t treq);
+
+/* Async I/O (libaio). */
+typedef void (*td_queue_callback_t)(void *arg, struct tiocb *tiocb, int err);
+struct tiocb {
+	td_queue_callback_t cb;
+	void *arg;
+	struct iocb iocb;
+	struct tiocb *next;     /* runtime's queue link */
+};
+void td_prep_read(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t bytes,
+		  long long offset, td_queue_callback_t cb, void *arg);
+void td_prep_write(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t bytes,
+		   long long offset, td_queue_callback_t cb, void *arg);
+/* fdatasync through the aio queue (IOCB_CMD_FDSYNC): never blocks the loop. */
+void td_prep_fdsync(td_driver_t *drv, struct tiocb *t, int fd, td_queue_callback_t cb, void *arg);
+void td_queue_tiocb(td_driver_t *drv, struct tiocb *t);
+
+/* Logging: to stderr (and syslog when the daemon is detached). */
+void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define TLOG_ERR  3
+#define TLOG_WARN 4
+#define TLOG_INFO 6
+#define TLOG_DBG  7
+#define DPRINTF(...) tlog(TLOG_DBG, __VA_ARGS__)
+#define EPRINTF(...) tlog(TLOG_ERR, __VA_ARGS__)
+
+#endif

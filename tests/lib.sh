@@ -1,0 +1,52 @@
+# Shared helpers for the shell tests: source it first.
+#   T         a fresh scratch directory, removed on success
+#   BIN       the programs under test
+#   RENEW_RUNDIR  a private run directory for sockets
+set -u
+TOP=${RENEW_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
+BIN=$TOP/bin
+T=$(mktemp -d "$TOP/tests/tmp/$(basename "$0" .sh).XXXXXX")
+export RENEW_RUNDIR=$T/run
+mkdir -p "$RENEW_RUNDIR"
+PIDS=""
+
+# With VALGRIND=1 the programs run under valgrind, failing on any error.
+if [ "${VALGRIND:-}" = 1 ]; then
+	VG="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+else
+	VG=""
+fi
+tapdisk() { $VG "$BIN/tapdisk-renew" "$@"; }
+tapctl() { $VG "$BIN/tap-ctl-renew" "$@"; }
+img() { $VG "$BIN/renew-img" "$@"; }
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "skip: $*"; exit 77; }
+ok() { echo "ok: $*"; }
+# expect_fail DESCRIPTION CMD...: the command must exit non-zero.
+expect_fail() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then cat "$T/out"; fail "$d: succeeded"; fi; ok "$d: $(head -c 300 "$T/out" | tr '\n' ' ')"; }
+# wait_for SECONDS CMD...: poll until CMD succeeds.
+wait_for() { local n=$(( $1 * 20 )); shift; while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.05; done; }
+same() { cmp "$1" "$2" >/dev/null || fail "$1 and $2 differ"; }
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# A daemon serving one disk: start_disk "renew:/path" sets PID, MINOR, SOCK.
+start_disk() {
+	local out
+	out=$(tapctl create --socket-only -a "$1") || fail "create $1"
+	SOCK=$(echo "$out" | tail -n1)
+	PID=$(tapctl list | grep -F "args=$1" | head -n1 | sed -n 's/.*pid=\([0-9]*\).*/\1/p')
+	MINOR=$(tapctl list | grep -F "args=$1" | head -n1 | sed -n 's/.*minor=\([0-9]*\).*/\1/p')
+	[ -S "$SOCK" ] || fail "no socket $SOCK"
+	PIDS="$PIDS $PID"
+}
+nbd_uri() { echo "nbd+unix:///?socket=$1"; }
+
+cleanup() {
+	local rc=$?
+	for p in $PIDS; do kill "$p" 2>/dev/null; done
+	for p in $PIDS; do wait_for 5 sh -c "! kill -0 $p" || kill -9 "$p" 2>/dev/null; done
+	if [ $rc -eq 0 ] || [ $rc -eq 77 ]; then rm -rf "$T"; else echo "kept $T"; fi
+	exit $rc
+}
+trap cleanup EXIT
