@@ -11,5 +11,10 @@ int tapdisk_nbd_export(td_vbd_t *vbd, const char *path, char *err, size_t errlen
 void tapdisk_nbd_unexport(td_vbd_t *vbd);
 /* The socket path of the vbd's export, or NULL. */
 const char *tapdisk_nbd_path(td_vbd_t *vbd);
+/* At exit, after every unexport and vbd close: free what is left. */
+void tapdisk_nbd_fini(void);
+/* The conventional socket path RUNDIR/nbd<pid>.<minor> (RUNDIR from
+ * $RENEW_RUNDIR, else /run/blktap-control). 0 or -ENAMETOOLONG. */
+int tapdisk_nbd_socket_path(int minor, char *buf, size_t len);
 
 #endif

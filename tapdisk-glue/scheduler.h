@@ -28,6 +28,9 @@ void sched_remove_hook(int id);
 /* Run until sched_stop(); returns 0. */
 int sched_run(void);
 void sched_stop(void);
+/* Make the next wait return at once: work was queued outside an fd
+ * callback (e.g. a deferred completion) that a hook must pick up. */
+void sched_kick(void);
 /* Monotonic clock in nanoseconds. */
 uint64_t sched_now_ns(void);
 

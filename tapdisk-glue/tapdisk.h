@@ -31,6 +31,7 @@ struct tiocb;
 
 #define TD_OP_READ   0
 #define TD_OP_WRITE  1
+#define TD_OP_FLUSH  2   /* the request passed to td_queue_flush (secs = 0) */
 
 /* Open flags. */
 #define TD_OPEN_RDONLY      0x0001
@@ -156,6 +157,13 @@ void td_prep_write(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t 
 /* fdatasync through the aio queue (IOCB_CMD_FDSYNC): never blocks the loop. */
 void td_prep_fdsync(td_driver_t *drv, struct tiocb *t, int fd, td_queue_callback_t cb, void *arg);
 void td_queue_tiocb(td_driver_t *drv, struct tiocb *t);
+/* The queue is set up on first use; tear it down at exit (nothing in flight). */
+void td_aio_fini(void);
+/* tiocbs queued or in flight (0 when the queue is idle). */
+int td_aio_pending(void);
+/* Outside the event loop: submit what is queued and wait up to `timeout_ms`
+ * for completions, calling their callbacks. Returns how many completed. */
+int td_aio_poll(int timeout_ms);
 
 /* Logging: to stderr (and syslog when the daemon is detached). */
 void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -163,6 +171,12 @@ void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 #define TLOG_WARN 4
 #define TLOG_INFO 6
 #define TLOG_DBG  7
+/* Send later messages to syslog (the detached daemon). */
+void tlog_to_syslog(const char *ident);
+/* The last TLOG_ERR message ("" after tlog_clear_error()): the vbd copies a
+ * driver's own open error into the control reply. */
+const char *tlog_last_error(void);
+void tlog_clear_error(void);
 #define DPRINTF(...) tlog(TLOG_DBG, __VA_ARGS__)
 #define EPRINTF(...) tlog(TLOG_ERR, __VA_ARGS__)
 

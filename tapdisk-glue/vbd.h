@@ -37,6 +37,9 @@ struct td_vbd_request {
 	int phase;
 	uint64_t submit_ns;
 	struct list_head entry;
+	uint64_t next_sec;       /* write-zeroes: next sector to issue */
+	int pieces_inflight;     /* write-zeroes: pieces issued, not completed */
+	int issuing;             /* the vbd is issuing pieces: completions must not */
 };
 
 struct td_vbd_stats {
@@ -78,6 +81,9 @@ void tapdisk_vbd_pause(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *ar
 /* Resume; with `params` non-NULL, first close the chain and open `params`
  * instead (tap-ctl unpause -a). On a failed reopen the vbd stays paused. */
 int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t errlen);
+/* Run the aio queue until nothing of the vbd is in flight (at most
+ * `timeout_ms`); for callers outside the event loop. 0 or -ETIMEDOUT. */
+int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms);
 td_vbd_t *tapdisk_vbd_find(int minor);
 struct list_head *tapdisk_vbd_list(void);
 const char *tapdisk_vbd_state_name(const td_vbd_t *vbd);

@@ -190,9 +190,11 @@ struct vhd_layer {
 	struct vhd_image img;    /* vhd only */
 };
 /* An image and its ancestors, top first. */
+struct vhd_bm_cache;
 struct vhd_chain {
 	int depth;
 	struct vhd_layer *layers;
+	struct vhd_bm_cache *bmc;  /* bitmaps of the layers (read-only view) */
 };
 /* Open `path` (VHD or raw) and every parent, read-only unless flags say
  * otherwise for the top; detects loops and missing or mismatched parents. */
@@ -204,5 +206,78 @@ int vhd_chain_read(struct vhd_chain *c, void *buf, uint64_t sec, uint32_t secs);
  * (up to `max`): returns the layer index or depth when no layer does
  * (reads as zeros). */
 int vhd_chain_locate(struct vhd_chain *c, uint64_t sec, uint32_t max, uint32_t *run);
+
+/* ------------------------------------------------------------------ */
+/* Additions (after the original contract; nothing above changed meaning). */
+
+#include <time.h>
+
+/* Seconds since 2000-01-01 UTC, the format's clock. */
+uint32_t vhd_time(time_t t);
+/* Big-endian 32-bit load/store (BAT entries). */
+uint32_t vhd_be32(const uint8_t *p);
+void vhd_put_be32(uint8_t *p, uint32_t v);
+
+static inline void vhd_bitmap_clear(uint8_t *bm, uint32_t i)
+{ bm[i >> 3] &= (uint8_t)~(0x80 >> (i & 7)); }
+/* Bytes of one block's bitmap as stored (bm_secs sectors). vhd_read_bitmap
+ * and vhd_write_bitmap* move this many bytes: VHD_BITMAP_BYTES for the
+ * 2 MiB blocks we write. Images made by others and opened read-only may
+ * have other block sizes: use img->spb, not VHD_SECTORS_PER_BLOCK, there
+ * (vhd_open refuses a non-2 MiB block size unless VHD_OPEN_RDONLY). */
+static inline uint32_t vhd_bitmap_bytes(const struct vhd_image *img)
+{ return img->bm_secs << VHD_SECTOR_SHIFT; }
+/* Virtual size in bytes. */
+static inline uint64_t vhd_size(const struct vhd_image *img)
+{ return img->footer.curr_size; }
+
+/* Size of the BAT area on disk: max_bat_size entries padded to 4 KiB. */
+uint64_t vhd_bat_bytes(uint32_t max_bat_size);
+/* Where a new block's bitmap goes when the file ends (footer) at footer_off:
+ * the data that follows the bitmap starts VHD_DATA_ALIGN-aligned. */
+uint64_t vhd_next_block_off(const struct vhd_image *img, uint64_t footer_off);
+/* Write one BAT entry (the 512-byte BAT sector holding it) from img->bat. */
+int vhd_write_bat_entry(struct vhd_image *img, uint32_t blk);
+
+/* Flag for vhd_open: accept a corrupt end footer when the copy at 0 is
+ * valid, and a corrupt copy at 0 when the end footer is (check/repair). */
+#define VHD_OPEN_ANYFOOTER 0x4
+
+/* The decoded text of parent locator `i` (a malloc'd path as recorded,
+ * "file://" stripped, '\' turned into '/'); -ENOENT if it has none. */
+int vhd_locator_read(const struct vhd_image *img, int i, char **out);
+/* Bytes a locator's data_space stands for (sectors per the spec; values
+ * >= 512 are taken as bytes, as blktap does). */
+uint64_t vhd_locator_space(const struct vhd_parent_locator *l);
+/* The header's parent name as UTF-8 (malloc'd; "" when empty). */
+char *vhd_parent_name(const struct vhd_image *img);
+/* UTF-8 <-> UTF-16 code units (host order). Return units/bytes or -EINVAL. */
+int vhd_utf8_to_utf16(const char *s, uint16_t *out, size_t max_units);
+int vhd_utf16_to_utf8(const uint16_t *in, size_t units, char *out, size_t max_bytes);
+
+/* Check an image (and its parents) for every inconsistency, calling
+ * report(arg, line) once per finding. Lines starting "leak:" are
+ * space a crash left behind (not an error); "repaired:" lines say what
+ * --repair did. Returns the number of errors (0 = clean), <0 when the
+ * file cannot be read at all. With repair, rewrites a torn footer from
+ * the valid copy and truncates leaked space at the end, nothing else. */
+int vhd_check(const char *path, int repair,
+	      void (*report)(void *arg, const char *line), void *arg);
+
+/* Walk the file's layout (metadata extents and every used BAT entry) and
+ * call problem(arg, msg) for each block past the end footer, overlapping
+ * metadata or another block, and each locator past the end. *used_end
+ * gets the end of the last metadata or block byte. Returns the count. */
+int vhd_layout_scan(const struct vhd_image *img,
+		    void (*problem)(void *arg, const char *msg), void *arg,
+		    uint64_t *used_end);
+/* End of the header, BAT and locators: where blocks may start. */
+uint64_t vhd_metadata_end(const struct vhd_image *img);
+
+/* Size of a file or block device (raw parents may be either). */
+int vhd_file_size(const char *path, uint64_t *size);
+
+/* Data sectors set in a bitmap of `bits` bits. */
+uint32_t vhd_bitmap_count(const uint8_t *bm, uint32_t bits);
 
 #endif

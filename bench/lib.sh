@@ -1,0 +1,101 @@
+# Shared pieces of the benchmarks: servers, fio runs, the ratio table.
+# Sourced by bench/io and friends; TOP and DIR are set by the caller.
+
+bench_setup() {
+	DIR=$1
+	mkdir -p "$DIR"
+	for t in fio qemu-img qemu-nbd python3; do
+		command -v "$t" >/dev/null || { echo "bench: $t is missing (make deps)" >&2; exit 1; }
+	done
+	[ -x "$TOP/bin/tapdisk-renew" ] || make -C "$TOP" -s >/dev/null
+	export RENEW_RUNDIR=$DIR/run
+	mkdir -p "$RENEW_RUNDIR"
+	OURS_SOCK=$DIR/ours.sock QEMU_SOCK=$DIR/qemu.sock
+	OURS_PID="" QEMU_PID=""
+	trap stop_servers EXIT
+}
+
+# make_base FILE GIB: a base image of random bytes (kept between runs).
+make_base() {
+	local f=$1 g=$2
+	if [ -f "$f" ] && [ "$(stat -c %s "$f")" = $((g << 30)) ]; then return; fi
+	rm -f "$f"
+	fio --name=base --filename="$f" --size="${g}G" --rw=write --bs=1M \
+		--ioengine=libaio --direct=1 --iodepth=8 --refill_buffers \
+		--output=/dev/null >/dev/null
+}
+
+start_servers() {
+	rm -f "$OURS_SOCK" "$QEMU_SOCK"
+	"$TOP/bin/tapdisk-renew" --serve "renew:$DIR/ov.vhd" --socket "$OURS_SOCK" \
+		2>>"$DIR/tapdisk.log" &
+	OURS_PID=$!
+	qemu-nbd -f qcow2 --cache=none --aio=native --shared=16 -k "$QEMU_SOCK" \
+		"$DIR/ov.qcow2" 2>>"$DIR/qemu-nbd.log" &
+	QEMU_PID=$!
+	for _ in $(seq 200); do
+		[ -S "$OURS_SOCK" ] && [ -S "$QEMU_SOCK" ] && return 0
+		sleep 0.05
+	done
+	echo "bench: servers did not start (see $DIR/*.log)" >&2
+	exit 1
+}
+
+stop_servers() {
+	for p in $OURS_PID $QEMU_PID; do
+		kill "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
+	OURS_PID="" QEMU_PID=""
+}
+
+# fio_json: the result of one job as "IOPS MiB/s".
+fio_result() {
+	python3 -c '
+import json, sys
+j = json.load(sys.stdin)["jobs"][0]
+r = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+print("%.0f %.1f" % (r["iops"], r["bw_bytes"] / 1048576))'
+}
+
+# fio_file FILE NAME RW BS QD SECS: the limit, libaio direct=1 on a file.
+fio_file() {
+	fio --name="$2" --filename="$1" --rw="$3" --bs="$4" --iodepth="$5" \
+		--ioengine=libaio --direct=1 --time_based --runtime="$6" \
+		--randrepeat=0 --norandommap --output-format=json | fio_result
+}
+
+# fio_nbd SOCK NAME RW BS QD SECS: fio's nbd engine (SECS 0 = whole disk once).
+fio_nbd() {
+	local t=(--time_based --runtime="$6")
+	[ "$6" = 0 ] && t=(--size=100%)
+	fio --name="$2" --ioengine=nbd --uri="nbd+unix:///?socket=$1" --rw="$3" \
+		--bs="$4" --iodepth="$5" "${t[@]}" --randrepeat=0 --norandommap \
+		--output-format=json | fio_result
+}
+
+print_header() {
+	printf '\n%s\n' "$1"
+	printf '%-16s %5s | %14s | %14s | %16s | %9s | %9s\n' row bs "$2" "$3" "$4" "vs raw" "vs qemu"
+	printf '%s\n' "-----------------------------------------------------------------------------------------------"
+}
+
+# report_row NAME BS < runs: medians of the row's runs and the ratios.
+report_row() {
+	python3 -c '
+import sys, statistics as st
+name, bs = sys.argv[1], sys.argv[2]
+rows = [l.split() for l in sys.stdin if l.split()[0] == name]
+col = lambda k: st.median(float(r[k]) for r in rows)
+big = bs.upper().endswith("M")
+k = 3 if big else 2           # MiB/s for large blocks, IOPS for small
+raw, ours, qemu = col(k), col(k + 2), col(k + 4)
+unit = "MiB/s" if big else "IOPS"
+print("%-16s %5s | %8.0f %5s | %8.0f %5s | %10.0f %5s | %8.2fx | %8.2fx" %
+      (name, bs, raw, unit, ours, unit, qemu, unit, ours / raw, ours / qemu))
+' "$1" "$2"
+}
+
+print_footer() {
+	printf '%s\n' "(runs: $DIR/runs.txt; ratios are renew/raw and renew/qemu-nbd)"
+}

@@ -1,0 +1,761 @@
+/* Disk types `renew` (a VHD overlay, read-write) and `vhd` (a VHD parent,
+ * read-only): a tapdisk driver over lib/vhd.
+ *
+ * Data moves through libaio on an O_DIRECT descriptor; metadata (footer,
+ * BAT, bitmaps) goes through lib/vhd's buffered descriptor, whose writes
+ * land in the page cache in microseconds and keep the order this driver
+ * gives them. A request is split per block: sectors the overlay holds are
+ * read from it, the rest are forwarded to the parent.
+ *
+ * Writes to a block that is not allocated yet follow lib/vhd's crash
+ * order: reserve (new end footer past the block), data, bitmap, BAT entry;
+ * only then is the write acknowledged. A kill at any point leaks the
+ * reserved space at worst. Unwritten sectors of a new block stay holes in
+ * the file and are never read (their bitmap bits are clear): there is no
+ * zero-fill.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tapdisk.h"
+#include "vhd.h"
+#include "bitmap-cache.h"
+
+#define BM_CACHE_ENTRIES 4096   /* 2 MiB of bitmaps: 8 GiB of partial blocks */
+#define IO_POOL_CHUNK    256
+
+struct renew_state;
+
+/* One I/O in flight, or one write piece waiting for its block's allocation. */
+struct renew_io {
+	struct tiocb tiocb;
+	td_request_t treq;
+	struct renew_state *s;
+	struct renew_alloc *alloc;  /* set for the write that allocates */
+	uint32_t blk;
+	uint8_t bitmap_update;      /* set bits after the data lands */
+	struct renew_io *next;      /* free list or waiter list */
+};
+
+/* A block being allocated: later writes to it wait here. */
+struct renew_alloc {
+	uint32_t blk;
+	uint32_t bm_sec;
+	struct renew_io *waiters;
+	struct renew_alloc *next;
+};
+
+struct renew_state {
+	struct vhd_image vhd;
+	int dfd;                    /* data: O_DIRECT when the file allows */
+	int rdonly;
+	uint8_t *full;              /* one bit per block: every sector present */
+	struct bm_cache cache;
+	struct renew_alloc *allocs; /* allocations in progress */
+	struct renew_io *free_io;
+	void **chunks;
+	int nr_chunks;
+	uint64_t blocks_allocated;
+	uint64_t full_blocks;
+	td_driver_t *drv;
+};
+
+static int full_test(const struct renew_state *s, uint32_t blk)
+{
+	return (s->full[blk >> 3] >> (blk & 7)) & 1;
+}
+
+static void full_set(struct renew_state *s, uint32_t blk)
+{
+	if (!full_test(s, blk)) {
+		s->full[blk >> 3] |= (uint8_t)(1u << (blk & 7));
+		s->full_blocks++;
+	}
+}
+
+/* Grow the pool by one chunk: requests in flight are bounded by clients. */
+static int io_pool_grow(struct renew_state *s)
+{
+	struct renew_io *chunk = calloc(IO_POOL_CHUNK, sizeof(*chunk));
+	void **chunks = realloc(s->chunks, sizeof(void *) * (size_t)(s->nr_chunks + 1));
+
+	if (!chunk || !chunks) {
+		free(chunk);
+		if (chunks)
+			s->chunks = chunks;
+		return -ENOMEM;
+	}
+	s->chunks = chunks;
+	s->chunks[s->nr_chunks++] = chunk;
+	for (int i = 0; i < IO_POOL_CHUNK; i++) {
+		chunk[i].next = s->free_io;
+		s->free_io = &chunk[i];
+	}
+	return 0;
+}
+
+static struct renew_io *io_get(struct renew_state *s, td_request_t treq)
+{
+	struct renew_io *io;
+
+	if (!s->free_io && io_pool_grow(s))
+		return NULL;
+	io = s->free_io;
+	s->free_io = io->next;
+	memset(io, 0, sizeof(*io));
+	io->s = s;
+	io->treq = treq;
+	return io;
+}
+
+static void io_put(struct renew_state *s, struct renew_io *io)
+{
+	io->next = s->free_io;
+	s->free_io = io;
+}
+
+/* A copy of `treq` covering `secs` sectors from `sec`. */
+static td_request_t piece_of(td_request_t treq, td_sector_t sec, int secs)
+{
+	td_request_t p = treq;
+
+	p.buf = treq.buf + ((sec - treq.sec) << VHD_SECTOR_SHIFT);
+	p.sec = sec;
+	p.secs = secs;
+	return p;
+}
+
+/* The bitmap of an allocated block: cached, or read (and cached) now. */
+static uint8_t *block_bitmap(struct renew_state *s, uint32_t blk, int *err)
+{
+	uint8_t buf[VHD_BITMAP_BYTES];
+	uint8_t *bm = bm_cache_lookup(&s->cache, blk);
+
+	if (bm)
+		return bm;
+	*err = vhd_read_bitmap(&s->vhd, blk, buf);
+	if (*err) {
+		EPRINTF("%s", vhd_errmsg());
+		return NULL;
+	}
+	return bm_cache_insert(&s->cache, blk, buf);
+}
+
+/* Is every bit of the bitmap set? */
+static int bitmap_full(const uint8_t *bm, uint32_t spb)
+{
+	for (uint32_t i = 0; i < spb / 8; i++)
+		if (bm[i] != 0xFF)
+			return 0;
+	return 1;
+}
+
+/* Do bits [first, first + n) all have the value `v`? Counts the run. */
+static uint32_t bitmap_run(const uint8_t *bm, uint32_t first, uint32_t n, int v)
+{
+	uint32_t i = first;
+
+	while (i < first + n && vhd_bitmap_test(bm, i) == v)
+		i++;
+	return i - first;
+}
+
+/* Remember what a bitmap says about its block: full ones skip the cache. */
+static void note_bitmap(struct renew_state *s, uint32_t blk, const uint8_t *bm)
+{
+	if (bitmap_full(bm, s->vhd.spb)) {
+		full_set(s, blk);
+		bm_cache_drop(&s->cache, blk);
+	} else {
+		bm_cache_insert(&s->cache, blk, bm);
+	}
+}
+
+static void queue_data_io(struct renew_state *s, struct renew_io *io, int write,
+			  uint64_t off, td_queue_callback_t cb)
+{
+	size_t len = (size_t)io->treq.secs << VHD_SECTOR_SHIFT;
+
+	if (write)
+		td_prep_write(s->drv, &io->tiocb, s->dfd, io->treq.buf, len, (long long)off, cb, io);
+	else
+		td_prep_read(s->drv, &io->tiocb, s->dfd, io->treq.buf, len, (long long)off, cb, io);
+	td_queue_tiocb(s->drv, &io->tiocb);
+}
+
+/* Byte offset in the file of sector `sec`, which block `blk` holds. */
+static uint64_t sector_off(struct renew_state *s, uint32_t blk, td_sector_t sec)
+{
+	return vhd_block_data_off(&s->vhd, blk) +
+	       ((sec % s->vhd.spb) << VHD_SECTOR_SHIFT);
+}
+
+/* ---- reads ---- */
+
+static void read_done(void *arg, struct tiocb *t, int err)
+{
+	struct renew_io *io = arg;
+	td_request_t treq = io->treq;
+
+	(void)t;
+	io_put(io->s, io);
+	td_complete_request(treq, err);
+}
+
+static void read_from_overlay(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_io *io = io_get(s, p);
+
+	if (!io) {
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	queue_data_io(s, io, 0, sector_off(s, blk, p.sec), read_done);
+}
+
+/* One block's part of a read: overlay runs and parent runs by the bitmap. */
+static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	uint8_t bm_copy[VHD_BITMAP_BYTES];
+	uint32_t first, done = 0;
+	uint8_t *bm;
+	int err = 0;
+
+	if (!vhd_block_allocated(&s->vhd, blk)) {
+		td_forward_request(p);
+		return;
+	}
+	if (full_test(s, blk)) {
+		read_from_overlay(s, p, blk);
+		return;
+	}
+	bm = block_bitmap(s, blk, &err);
+	if (!bm) {
+		td_complete_request(p, err);
+		return;
+	}
+	if (bitmap_full(bm, s->vhd.spb)) {
+		note_bitmap(s, blk, bm);
+		read_from_overlay(s, p, blk);
+		return;
+	}
+	/* completions below may run client code that touches the cache */
+	memcpy(bm_copy, bm, sizeof(bm_copy));
+	bm = bm_copy;
+	first = (uint32_t)(p.sec % s->vhd.spb);
+	while (done < (uint32_t)p.secs) {
+		int v = vhd_bitmap_test(bm, first + done);
+		uint32_t run = bitmap_run(bm, first + done, (uint32_t)p.secs - done, v);
+		td_request_t sub = piece_of(p, p.sec + done, (int)run);
+
+		done += run;
+		if (v)
+			read_from_overlay(s, sub, blk);
+		else
+			td_forward_request(sub);
+	}
+}
+
+static void renew_queue_read(td_driver_t *drv, td_request_t treq)
+{
+	struct renew_state *s = drv->data;
+	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;
+
+	while (sec < end) {
+		uint32_t blk = (uint32_t)(sec / s->vhd.spb);
+		td_sector_t blk_end = ((td_sector_t)blk + 1) * s->vhd.spb;
+		td_sector_t n = (blk_end < end ? blk_end : end) - sec;
+
+		read_block(s, piece_of(treq, sec, (int)n), blk);
+		sec += n;
+	}
+}
+
+/* ---- writes ---- */
+
+static void write_block(struct renew_state *s, td_request_t p, uint32_t blk);
+
+static struct renew_alloc *alloc_find(struct renew_state *s, uint32_t blk)
+{
+	for (struct renew_alloc *a = s->allocs; a; a = a->next)
+		if (a->blk == blk)
+			return a;
+	return NULL;
+}
+
+static void alloc_remove(struct renew_state *s, struct renew_alloc *a)
+{
+	for (struct renew_alloc **pp = &s->allocs; *pp; pp = &(*pp)->next)
+		if (*pp == a) {
+			*pp = a->next;
+			return;
+		}
+}
+
+/* The bitmap `bm` with the bits of [sec, sec + secs) set. */
+static void bitmap_mark(uint8_t *bm, uint32_t spb, td_sector_t sec, int secs)
+{
+	uint32_t first = (uint32_t)(sec % spb);
+
+	for (uint32_t i = first; i < first + (uint32_t)secs; i++)
+		vhd_bitmap_set(bm, i);
+}
+
+/* Data landed in an allocated block: record its sectors in the bitmap. */
+static int bitmap_record(struct renew_state *s, uint32_t blk, td_request_t p)
+{
+	uint8_t next[VHD_BITMAP_BYTES];
+	uint8_t *bm;
+	int err = 0;
+
+	if (full_test(s, blk))
+		return 0;
+	bm = block_bitmap(s, blk, &err);
+	if (!bm)
+		return err;
+	memcpy(next, bm, sizeof(next));
+	bitmap_mark(next, s->vhd.spb, p.sec, p.secs);
+	if (!memcmp(next, bm, sizeof(next)))
+		return 0;
+	err = vhd_write_bitmap(&s->vhd, blk, next);
+	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		return err;
+	}
+	note_bitmap(s, blk, next);
+	return 0;
+}
+
+/* Allocation settled (either way): let the waiting writes go again. */
+static void alloc_finish(struct renew_state *s, struct renew_alloc *a)
+{
+	struct renew_io *w = a->waiters;
+
+	alloc_remove(s, a);
+	free(a);
+	while (w) {
+		struct renew_io *next = w->next;
+		td_request_t p = w->treq;
+		uint32_t blk = w->blk;
+
+		io_put(s, w);
+		write_block(s, p, blk);
+		w = next;
+	}
+}
+
+/* The allocating write's data landed: bitmap, then BAT entry, then ack. */
+static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request_t p)
+{
+	uint8_t bm[VHD_BITMAP_BYTES];
+	int err;
+
+	memset(bm, 0, sizeof(bm));
+	bitmap_mark(bm, s->vhd.spb, p.sec, p.secs);
+	err = vhd_write_bitmap_at(&s->vhd, a->bm_sec, bm);
+	if (!err)
+		err = vhd_alloc_commit(&s->vhd, a->blk, a->bm_sec);
+	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		return err;
+	}
+	s->blocks_allocated++;
+	note_bitmap(s, a->blk, bm);
+	return 0;
+}
+
+static void write_done(void *arg, struct tiocb *t, int err)
+{
+	struct renew_io *io = arg;
+	struct renew_state *s = io->s;
+	struct renew_alloc *a = io->alloc;
+	td_request_t treq = io->treq;
+
+	(void)t;
+	if (a) {
+		if (!err)
+			err = alloc_commit(s, a, treq);
+		io_put(s, io);
+		td_complete_request(treq, err);
+		alloc_finish(s, a);
+		return;
+	}
+	if (!err && io->bitmap_update)
+		err = bitmap_record(s, io->blk, treq);
+	io_put(s, io);
+	td_complete_request(treq, err);
+}
+
+/* First write to a block: reserve its place, then write its data there. */
+static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_alloc *a = calloc(1, sizeof(*a));
+	struct renew_io *io = io_get(s, p);
+	uint64_t off;
+	int err;
+
+	if (!a || !io) {
+		free(a);
+		if (io)
+			io_put(s, io);
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	err = vhd_alloc_reserve(&s->vhd, blk, &a->bm_sec);
+	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		free(a);
+		io_put(s, io);
+		td_complete_request(p, err);
+		return;
+	}
+	a->blk = blk;
+	a->next = s->allocs;
+	s->allocs = a;
+	io->alloc = a;
+	io->blk = blk;
+	off = (((uint64_t)a->bm_sec + s->vhd.bm_secs) << VHD_SECTOR_SHIFT) +
+	      ((p.sec % s->vhd.spb) << VHD_SECTOR_SHIFT);
+	queue_data_io(s, io, 1, off, write_done);
+}
+
+/* Park a write until the allocation of its block settles. */
+static void write_wait(struct renew_state *s, struct renew_alloc *a, td_request_t p, uint32_t blk)
+{
+	struct renew_io *io = io_get(s, p), **tail = &a->waiters;
+
+	if (!io) {
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	io->blk = blk;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = io;
+}
+
+/* Does the block already record every sector of the piece? */
+static int bits_present(struct renew_state *s, uint32_t blk, td_request_t p, int *err)
+{
+	uint8_t *bm;
+
+	if (full_test(s, blk))
+		return 1;
+	bm = block_bitmap(s, blk, err);
+	if (!bm)
+		return -1;
+	return bitmap_run(bm, (uint32_t)(p.sec % s->vhd.spb), (uint32_t)p.secs, 1) ==
+	       (uint32_t)p.secs;
+}
+
+static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_alloc *a;
+	struct renew_io *io;
+	int err = 0, present;
+
+	if (!vhd_block_allocated(&s->vhd, blk)) {
+		a = alloc_find(s, blk);
+		if (a)
+			write_wait(s, a, p, blk);
+		else
+			write_allocate(s, p, blk);
+		return;
+	}
+	present = bits_present(s, blk, p, &err);
+	if (present < 0) {
+		td_complete_request(p, err);
+		return;
+	}
+	io = io_get(s, p);
+	if (!io) {
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	io->blk = blk;
+	io->bitmap_update = !present;
+	queue_data_io(s, io, 1, sector_off(s, blk, p.sec), write_done);
+}
+
+static void renew_queue_write(td_driver_t *drv, td_request_t treq)
+{
+	struct renew_state *s = drv->data;
+	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;
+
+	if (s->rdonly) {
+		td_complete_request(treq, -EROFS);
+		return;
+	}
+	while (sec < end) {
+		uint32_t blk = (uint32_t)(sec / s->vhd.spb);
+		td_sector_t blk_end = ((td_sector_t)blk + 1) * s->vhd.spb;
+		td_sector_t n = (blk_end < end ? blk_end : end) - sec;
+
+		write_block(s, piece_of(treq, sec, (int)n), blk);
+		sec += n;
+	}
+}
+
+/* ---- flush ---- */
+
+static void flush_done(void *arg, struct tiocb *t, int err)
+{
+	struct renew_io *io = arg;
+	td_request_t treq = io->treq;
+
+	(void)t;
+	io_put(io->s, io);
+	td_complete_request(treq, err);
+}
+
+static void renew_queue_flush(td_driver_t *drv, td_request_t treq)
+{
+	struct renew_state *s = drv->data;
+	struct renew_io *io;
+
+	if (s->rdonly) {
+		td_complete_request(treq, 0);
+		return;
+	}
+	io = io_get(s, treq);
+	if (!io) {
+		td_complete_request(treq, -ENOMEM);
+		return;
+	}
+	/* fdatasync covers the inode: the metadata written through the other
+	 * descriptor is made durable with the data */
+	td_prep_fdsync(drv, &io->tiocb, s->dfd, flush_done, io);
+	td_queue_tiocb(drv, &io->tiocb);
+}
+
+/* ---- open / close ---- */
+
+/* O_DIRECT unless the filesystem refuses it or wants more than 512-byte
+ * alignment (requests are sector-granular). */
+static int open_data_fd(const char *path, int rdonly, td_flag_t flags)
+{
+	int mode = rdonly ? O_RDONLY : O_RDWR;
+	int fd = -1;
+
+	if (!(flags & TD_OPEN_NO_O_DIRECT)) {
+		fd = open(path, mode | O_DIRECT | O_CLOEXEC);
+#ifdef STATX_DIOALIGN
+		if (fd >= 0) {
+			struct statx stx;
+
+			if (!statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) &&
+			    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align > 512) {
+				close(fd);
+				fd = -1;
+			}
+		}
+#endif
+		if (fd >= 0)
+			return fd;
+	}
+	return open(path, mode | O_CLOEXEC);
+}
+
+/* Shared for parents, exclusive for the overlay a disk writes. */
+static int lock_image(struct renew_state *s, const char *path)
+{
+	int op = s->rdonly ? LOCK_SH : LOCK_EX;
+
+	if (flock(s->vhd.fd, op | LOCK_NB) == 0)
+		return 0;
+	if (errno == EWOULDBLOCK) {
+		EPRINTF("open: %s: in use by another disk or process (%s lock refused)",
+			path, s->rdonly ? "shared" : "exclusive");
+		return -EBUSY;
+	}
+	EPRINTF("open: %s: lock: %s", path, strerror(errno));
+	return -errno;
+}
+
+static void renew_free(struct renew_state *s)
+{
+	while (s->allocs) {
+		struct renew_alloc *a = s->allocs;
+
+		s->allocs = a->next;
+		free(a);
+	}
+	for (int i = 0; i < s->nr_chunks; i++)
+		free(s->chunks[i]);
+	free(s->chunks);
+	s->chunks = NULL;
+	s->nr_chunks = 0;
+	s->free_io = NULL;
+	bm_cache_free(&s->cache);
+	free(s->full);
+	s->full = NULL;
+	if (s->dfd >= 0)
+		close(s->dfd);
+	s->dfd = -1;
+	vhd_close(&s->vhd);
+}
+
+static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags, int rdonly)
+{
+	struct renew_state *s = drv->data;
+	int err;
+
+	memset(s, 0, sizeof(*s));
+	s->dfd = -1;
+	s->drv = drv;
+	s->rdonly = rdonly;
+	err = vhd_open(&s->vhd, name, rdonly ? VHD_OPEN_RDONLY : 0);
+	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		return err;
+	}
+	if (s->vhd.spb != VHD_SECTORS_PER_BLOCK) {
+		EPRINTF("open: %s: block size %u bytes not supported (2 MiB only)",
+			name, s->vhd.spb << VHD_SECTOR_SHIFT);
+		err = -ENOTSUP;
+		goto fail;
+	}
+	err = lock_image(s, name);
+	if (err)
+		goto fail;
+	s->dfd = open_data_fd(name, rdonly, flags);
+	if (s->dfd < 0) {
+		err = -errno;
+		EPRINTF("open: %s: %s", name, strerror(errno));
+		goto fail;
+	}
+	s->full = calloc((s->vhd.bat_entries + 7) / 8 + 1, 1);
+	err = s->full ? bm_cache_init(&s->cache, s->vhd.bat_entries, BM_CACHE_ENTRIES) : -ENOMEM;
+	if (err)
+		goto fail;
+	for (uint32_t b = 0; b < s->vhd.bat_entries; b++)
+		s->blocks_allocated += vhd_block_allocated(&s->vhd, b);
+	drv->info.size = s->vhd.footer.curr_size >> VHD_SECTOR_SHIFT;
+	drv->info.sector_size = VHD_SECTOR_SIZE;
+	drv->info.info = 0;
+	return 0;
+fail:
+	renew_free(s);
+	return err;
+}
+
+static int renew_open(td_driver_t *drv, const char *name, td_flag_t flags)
+{
+	return renew_open_common(drv, name, flags, !!(flags & TD_OPEN_RDONLY));
+}
+
+static int vhd_parent_open(td_driver_t *drv, const char *name, td_flag_t flags)
+{
+	return renew_open_common(drv, name, flags, 1);
+}
+
+static int renew_close(td_driver_t *drv)
+{
+	struct renew_state *s = drv->data;
+
+	renew_free(s);
+	return 0;
+}
+
+static int renew_get_parent_id(td_driver_t *drv, td_disk_id_t *id)
+{
+	struct renew_state *s = drv->data;
+	char *path = NULL;
+	int err, is_vhd;
+
+	if (s->vhd.footer.type != VHD_TYPE_DIFF)
+		return TD_NO_PARENT;
+	err = vhd_parent_path(&s->vhd, &path);
+	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		return err;
+	}
+	is_vhd = vhd_probe(path);
+	if (is_vhd < 0) {
+		EPRINTF("%s", vhd_errmsg());
+		free(path);
+		return is_vhd;
+	}
+	id->name = path;
+	id->type = is_vhd ? DISK_TYPE_VHD : DISK_TYPE_AIO;
+	id->flags = 0;
+	return 0;
+}
+
+static int renew_validate_parent(td_driver_t *child, td_driver_t *parent, td_flag_t flags)
+{
+	struct renew_state *s = child->data;
+	int err;
+
+	(void)flags;
+	if (parent->info.size < child->info.size) {
+		EPRINTF("open: %s: parent %s is smaller (%llu sectors) than the disk (%llu sectors)",
+			child->name, parent->name, (unsigned long long)parent->info.size,
+			(unsigned long long)child->info.size);
+		return -EINVAL;
+	}
+	err = vhd_validate_parent(&s->vhd, parent->name);
+	if (err)
+		EPRINTF("%s", vhd_errmsg());
+	return err;
+}
+
+static void renew_debug(td_driver_t *drv)
+{
+	struct renew_state *s = drv->data;
+
+	tlog(TLOG_INFO, "%s: %u blocks, %llu allocated, %llu full, %u bitmaps cached, %s",
+	     drv->name, s->vhd.bat_entries, (unsigned long long)s->blocks_allocated,
+	     (unsigned long long)s->full_blocks, bm_cache_count(&s->cache),
+	     s->allocs ? "allocations in progress" : "idle");
+}
+
+static void renew_stats(td_driver_t *drv, td_stats_t *st)
+{
+	struct renew_state *s = drv->data;
+
+	st->blocks_allocated = s->blocks_allocated;
+	st->allocated_bytes = s->blocks_allocated * ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
+	st->bitmap_cache_hits = s->cache.hits;
+	st->bitmap_cache_misses = s->cache.misses;
+	snprintf(st->extra, sizeof(st->extra),
+		 "\"full_blocks\":%llu,\"bitmaps_cached\":%u,\"virtual_blocks\":%u",
+		 (unsigned long long)s->full_blocks, bm_cache_count(&s->cache),
+		 s->vhd.bat_entries);
+}
+
+const struct tap_disk tapdisk_renew = {
+	.disk_type = "tapdisk_renew",
+	.flags = 0,
+	.private_data_size = sizeof(struct renew_state),
+	.td_open = renew_open,
+	.td_close = renew_close,
+	.td_get_parent_id = renew_get_parent_id,
+	.td_validate_parent = renew_validate_parent,
+	.td_queue_read = renew_queue_read,
+	.td_queue_write = renew_queue_write,
+	.td_queue_flush = renew_queue_flush,
+	.td_debug = renew_debug,
+	.td_stats = renew_stats,
+};
+
+const struct tap_disk tapdisk_vhd = {
+	.disk_type = "tapdisk_vhd",
+	.flags = 0,
+	.private_data_size = sizeof(struct renew_state),
+	.td_open = vhd_parent_open,
+	.td_close = renew_close,
+	.td_get_parent_id = renew_get_parent_id,
+	.td_validate_parent = renew_validate_parent,
+	.td_queue_read = renew_queue_read,
+	.td_queue_write = renew_queue_write,
+	.td_queue_flush = renew_queue_flush,
+	.td_debug = renew_debug,
+	.td_stats = renew_stats,
+};

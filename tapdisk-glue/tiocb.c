@@ -1,0 +1,276 @@
+/* The libaio queue: drivers queue tiocbs, one hook submits everything
+ * queued in one io_submit batch per loop iteration, and completions are
+ * reaped through an eventfd watched by the scheduler. A tiocb is never
+ * lost: what the kernel refuses for lack of room stays queued. */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include "scheduler.h"
+#include "tapdisk.h"
+
+#define AIO_DEPTH 1024
+#define AIO_BATCH 256
+
+static io_context_t ctx;
+static int ready;
+static int efd = -1;
+static int efd_id, hook_id, retry_timer;
+static struct tiocb *qhead, *qtail;
+static int queued, inflight;
+
+static void aio_reap(int fd, int events, void *arg);
+static void aio_submit_hook(void *arg);
+
+/* Set up the kernel context, its eventfd and the submission hook once. */
+static int aio_init(void)
+{
+	int r;
+
+	if (ready)
+		return 0;
+	memset(&ctx, 0, sizeof(ctx));
+	r = io_setup(AIO_DEPTH, &ctx);
+	if (r < 0) {
+		errno = -r;
+		EPRINTF("io_setup(%d): %m (see /proc/sys/fs/aio-max-nr)", AIO_DEPTH);
+		return r;
+	}
+	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (efd < 0) {
+		r = -errno;
+		EPRINTF("eventfd: %m");
+		io_destroy(ctx);
+		return r;
+	}
+	efd_id = sched_register_fd(efd, SCHED_READ, aio_reap, NULL);
+	hook_id = efd_id > 0 ? sched_add_hook(aio_submit_hook, NULL) : -1;
+	if (efd_id < 0 || hook_id < 0) {
+		EPRINTF("aio: cannot register with the event loop");
+		if (efd_id > 0)
+			sched_unregister(efd_id);
+		close(efd);
+		io_destroy(ctx);
+		return -ENOMEM;
+	}
+	ready = 1;
+	return 0;
+}
+
+void td_aio_fini(void)
+{
+	if (!ready)
+		return;
+	if (inflight || queued)
+		tlog(TLOG_WARN, "aio: tearing down with %d in flight, %d queued", inflight, queued);
+	sched_remove_hook(hook_id);
+	sched_unregister(efd_id);
+	if (retry_timer)
+		sched_cancel_timer(retry_timer);
+	retry_timer = 0;
+	close(efd);
+	efd = -1;
+	io_destroy(ctx);
+	ready = 0;
+}
+
+int td_aio_pending(void)
+{
+	return queued + inflight;
+}
+
+/* Fill the callback fields common to every kind of tiocb. */
+static void prep_common(struct tiocb *t, td_queue_callback_t cb, void *arg)
+{
+	t->cb = cb;
+	t->arg = arg;
+	t->next = NULL;
+	t->iocb.data = t;
+}
+
+void td_prep_read(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t bytes,
+		  long long offset, td_queue_callback_t cb, void *arg)
+{
+	io_prep_pread(&t->iocb, fd, buf, bytes, offset);
+	prep_common(t, cb, arg);
+}
+
+void td_prep_write(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t bytes,
+		   long long offset, td_queue_callback_t cb, void *arg)
+{
+	io_prep_pwrite(&t->iocb, fd, buf, bytes, offset);
+	prep_common(t, cb, arg);
+}
+
+void td_prep_fdsync(td_driver_t *drv, struct tiocb *t, int fd, td_queue_callback_t cb, void *arg)
+{
+	io_prep_fdsync(&t->iocb, fd);
+	prep_common(t, cb, arg);
+}
+
+/* Call a tiocb's callback; it may reuse or free the tiocb. */
+static void tiocb_done(struct tiocb *t, int err)
+{
+	t->cb(t->arg, t, err);
+}
+
+void td_queue_tiocb(td_driver_t *drv, struct tiocb *t)
+{
+	int r = aio_init();
+
+	if (r < 0) {
+		tiocb_done(t, r);
+		return;
+	}
+	t->next = NULL;
+	if (qtail)
+		qtail->next = t;
+	else
+		qhead = t;
+	qtail = t;
+	queued++;
+	io_set_eventfd(&t->iocb, efd);
+}
+
+/* Take the first queued tiocb off the queue. */
+static struct tiocb *dequeue(void)
+{
+	struct tiocb *t = qhead;
+
+	qhead = t->next;
+	if (!qhead)
+		qtail = NULL;
+	t->next = NULL;
+	queued--;
+	return t;
+}
+
+/* Bytes a completed iocb must have transferred to count as a success. */
+static long long expected_bytes(const struct iocb *io)
+{
+	long long n = 0;
+
+	switch (io->aio_lio_opcode) {
+	case IO_CMD_PREAD:
+	case IO_CMD_PWRITE:
+		return (long long)io->u.c.nbytes;
+	case IO_CMD_PREADV:
+	case IO_CMD_PWRITEV:
+		for (long i = 0; i < (long)io->u.c.nbytes; i++)
+			n += (long long)((const struct iovec *)io->u.c.buf)[i].iov_len;
+		return n;
+	default:
+		return 0;
+	}
+}
+
+/* A tiocb the kernel refused outright: fdsync falls back to fdatasync(),
+ * anything else fails with the kernel's error. */
+static void submit_failed(struct tiocb *t, int r)
+{
+	if (t->iocb.aio_lio_opcode == IO_CMD_FDSYNC && r == -EINVAL) {
+		static int warned;
+
+		if (!warned++)
+			tlog(TLOG_WARN, "aio: fdsync refused by the kernel, using fdatasync()");
+		r = fdatasync(t->iocb.aio_fildes) < 0 ? -errno : 0;
+	} else {
+		errno = -r;
+		EPRINTF("io_submit: fd %d: %m", t->iocb.aio_fildes);
+	}
+	tiocb_done(t, r);
+}
+
+/* Wake up to retry a submission the kernel had no room for. */
+static void retry_wakeup(void *arg)
+{
+	retry_timer = 0;
+}
+
+/* Submit everything queued, in batches, as room allows. */
+static void aio_submit_hook(void *arg)
+{
+	struct iocb *batch[AIO_BATCH];
+
+	while (qhead && inflight < AIO_DEPTH) {
+		struct tiocb *t = qhead;
+		int n = 0, r;
+
+		while (t && n < AIO_BATCH && inflight + n < AIO_DEPTH) {
+			batch[n++] = &t->iocb;
+			t = t->next;
+		}
+		r = io_submit(ctx, n, batch);
+		if (r == -EAGAIN || r == -EINTR || r == 0) {
+			/* completions will wake us; without any, poll shortly */
+			if (!inflight && !retry_timer)
+				retry_timer = sched_timer(1, retry_wakeup, NULL);
+			return;
+		}
+		if (r < 0) {
+			submit_failed(dequeue(), r);
+			continue;
+		}
+		for (int i = 0; i < r; i++)
+			dequeue();
+		inflight += r;
+	}
+}
+
+/* Reap completed iocbs (waiting up to `wait` for the first) and call
+ * their tiocbs back; returns how many completed. */
+static int aio_reap_wait(struct timespec *wait)
+{
+	struct io_event evs[AIO_BATCH];
+	struct timespec zero = { 0, 0 };
+	int n, total = 0;
+
+	do {
+		n = io_getevents(ctx, total || !wait ? 0 : 1, AIO_BATCH, evs, total || !wait ? &zero : wait);
+		if (n < 0) {
+			if (n == -EINTR)
+				continue;
+			errno = -n;
+			EPRINTF("io_getevents: %m");
+			return total;
+		}
+		inflight -= n;
+		total += n;
+		for (int i = 0; i < n; i++) {
+			struct tiocb *t = evs[i].data;
+			long long res = (long long)(long)evs[i].res;
+			int err = 0;
+
+			if (res < 0)
+				err = (int)res;
+			else if (res != expected_bytes(&t->iocb))
+				err = -EIO; /* short read or write */
+			tiocb_done(t, err);
+		}
+	} while (n == AIO_BATCH);
+	return total;
+}
+
+/* The eventfd says iocbs completed: reap them. */
+static void aio_reap(int fd, int events, void *arg)
+{
+	uint64_t count;
+
+	if (read(efd, &count, sizeof(count)) < 0 && errno != EAGAIN)
+		EPRINTF("aio: read eventfd: %m");
+	aio_reap_wait(NULL);
+}
+
+int td_aio_poll(int timeout_ms)
+{
+	struct timespec ts = { timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000 };
+
+	if (!ready)
+		return 0;
+	aio_submit_hook(NULL);
+	if (!inflight)
+		return 0;
+	return aio_reap_wait(&ts);
+}

@@ -1,0 +1,24 @@
+# Helpers for the control tests (tests/t-ctl-*.sh), after tests/lib.sh.
+
+# mkraw FILE BYTE SIZE: a raw disk of SIZE bytes, every byte BYTE (e.g. 0xaa).
+mkraw() {
+	python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes([int(sys.argv[2], 0)]) * int(sys.argv[3]))' "$1" "$2" "$3"
+}
+# gone PID: the process has ended (or is a zombie nobody reaped yet).
+gone() {
+	[ ! -e "/proc/$1" ] && return 0
+	awk '{ sub(/.*\) /, ""); exit !($1 == "Z" || $1 == "X") }' "/proc/$1/stat" 2>/dev/null
+}
+# lsrun: the run directory's entries, one a line (empty when clean).
+lsrun() { ls -A "$RENEW_RUNDIR" | grep -v '^\.create\.lock$' || true; }
+# field NAME LINE: the value of NAME=... in a tap-ctl list line.
+field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
+# qio SOCK CMD...: qemu-io on an NBD socket (raw, no probing), one -c per CMD.
+qio() {
+	local sock=$1 a=()
+	shift
+	for c in "$@"; do a+=(-c "$c"); done
+	qemu-io -f raw "$(nbd_uri "$sock")" "${a[@]}"
+}
+# json_get FILE EXPR: evaluate a python expression on the JSON in FILE (as j).
+json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
