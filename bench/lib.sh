@@ -30,7 +30,7 @@ start_servers() {
 	"$TOP/bin/tapdisk-renew" --serve "renew:$DIR/ov.vhd" --socket "$OURS_SOCK" \
 		2>>"$DIR/tapdisk.log" &
 	OURS_PID=$!
-	qemu-nbd -f qcow2 --cache=none --aio=native --shared=16 -k "$QEMU_SOCK" \
+	qemu-nbd -f qcow2 --cache=none --aio=native --shared=16 --persistent -k "$QEMU_SOCK" \
 		"$DIR/ov.qcow2" 2>>"$DIR/qemu-nbd.log" &
 	QEMU_PID=$!
 	for _ in $(seq 200); do
@@ -53,7 +53,8 @@ stop_servers() {
 fio_result() {
 	python3 -c '
 import json, sys
-j = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()
+j = json.loads(text[text.index("{"):])["jobs"][0]
 r = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 print("%.0f %.1f" % (r["iops"], r["bw_bytes"] / 1048576))'
 }

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "control.h"
+#include "control-job.h"
 #include "control-priv.h"
 #include "ctl-proto.h"
 #include "list.h"
@@ -86,6 +87,7 @@ void control_verbs_fini(void)
 
 	list_for_each_safe(p, n, &devices)
 		device_forget(list_entry(p, struct ctl_device, entry)->minor);
+	ctl_job_fini();
 	/* a pause still quiescing keeps its record for the vbd's callback */
 	list_for_each(p, &pauses)
 		list_entry(p, struct ctl_pause, entry)->conn = NULL;
@@ -214,6 +216,7 @@ static int verb_detach(struct ctl_req *r)
 	}
 	tapdisk_vbd_free(vbd);
 	device_forget(minor);
+	ctl_job_forget(minor);
 	ctl_reply_ok(&r->rep);
 	if (ever_attached && list_empty(tapdisk_vbd_list())) {
 		ctl_msg_set(&r->rep, "exiting", "1");
@@ -495,6 +498,37 @@ static int verb_set_device(struct ctl_req *r)
 	return 0;
 }
 
+/* job-status: the progress of the minor's long-running job (renew). */
+static int verb_job_status(struct ctl_req *r)
+{
+	struct ctl_job *job;
+	uint64_t end;
+	int minor;
+
+	if (get_minor(r, &minor))
+		return 0;
+	job = ctl_job_find(minor);
+	if (!job) {
+		ctl_reply_error(&r->rep, ENOENT, "minor %d has no job", minor);
+		return 0;
+	}
+	end = job->state == CTL_JOB_RUNNING ? sched_now_ns() : job->end_ns;
+	ctl_reply_ok(&r->rep);
+	ctl_msg_set_int(&r->rep, "job.id", job->id);
+	ctl_msg_set(&r->rep, "job.kind", job->kind);
+	ctl_msg_set(&r->rep, "job.state", ctl_job_state_name(job));
+	ctl_msg_setf(&r->rep, "job.done", "%llu", (unsigned long long)job->done);
+	ctl_msg_setf(&r->rep, "job.total", "%llu", (unsigned long long)job->total);
+	ctl_msg_setf(&r->rep, "job.rate", "%llu", (unsigned long long)ctl_job_rate(job));
+	ctl_msg_setf(&r->rep, "job.elapsed_ms", "%llu",
+		     (unsigned long long)((end - job->start_ns) / 1000000));
+	if (job->state == CTL_JOB_FAILED) {
+		ctl_msg_set_int(&r->rep, "job.errno", job->error);
+		ctl_msg_set(&r->rep, "job.msg", job->msg);
+	}
+	return 0;
+}
+
 /* shutdown: exit once the reply is out; refused while a disk is open. */
 static int verb_shutdown(struct ctl_req *r)
 {
@@ -529,6 +563,7 @@ static const struct {
 	{ "list", verb_list },
 	{ "stats", verb_stats },
 	{ "set-device", verb_set_device },
+	{ "job-status", verb_job_status },
 	{ "shutdown", verb_shutdown },
 };
 

@@ -48,11 +48,26 @@ const char *tapdisk_control_path(void)
 	return ctl.path;
 }
 
+/* Before closing on a client that may still be sending (a rejected
+ * frame), read what it sent: closing with unread data would reset the
+ * connection and the client could lose our error reply. */
+static void conn_linger(struct ctl_conn *c)
+{
+	char buf[4096];
+
+	shutdown(c->fd, SHUT_WR);
+	for (int i = 0; i < 64; i++)
+		if (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
+			break;
+}
+
 /* Drop a connection and everything it buffered. */
 static void conn_free(struct ctl_conn *c)
 {
 	if (c->id > 0)
 		sched_unregister(c->id);
+	if (c->closing)
+		conn_linger(c);
 	close(c->fd);
 	list_del(&c->entry);
 	ctl.nconns--;
@@ -95,7 +110,6 @@ static void conn_reject(struct ctl_conn *c, int err, const char *why)
 	conn_queue(c, &rep);
 	ctl_msg_free(&rep);
 	c->closing = 1;
-	c->rlen = 0;
 }
 
 /* Decode and serve one request whose payload is complete. */
@@ -140,12 +154,17 @@ static int conn_take_frame(struct ctl_conn *c)
 		return 0;
 	if (ctl_frame_header((unsigned char *)c->rbuf, &plen, err, sizeof(err))) {
 		conn_reject(c, EPROTO, err);
+		c->rlen = 0;
 		return 1;
 	}
 	total = CTL_HDR_SIZE + plen;
 	if (c->rlen < total)
 		return 0;
 	conn_serve(c, c->rbuf + CTL_HDR_SIZE, plen);
+	if (c->closing) {
+		c->rlen = 0;     /* nothing after a rejected frame is served */
+		return 1;
+	}
 	memmove(c->rbuf, c->rbuf + total, c->rlen - total);
 	c->rlen -= total;
 	return 1;

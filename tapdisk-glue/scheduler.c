@@ -36,6 +36,8 @@ struct sched_hook {
 static int epfd = -1;
 static int stopping;
 static int kicked;
+static int in_hooks;
+static int running;
 static int next_id = 1;
 static struct sched_fd **fds;      /* live registrations */
 static int nfds, capfds;
@@ -251,9 +253,12 @@ void sched_stop(void)
 	stopping = 1;
 }
 
+/* Work queued by an fd callback or a timer is picked up by this
+ * iteration's hooks anyway: only work queued from a hook needs a kick. */
 void sched_kick(void)
 {
-	kicked = 1;
+	if (in_hooks || !running)
+		kicked = 1;
 }
 
 /* Milliseconds until the nearest timer (rounded up), or -1 for none. */
@@ -333,22 +338,29 @@ int sched_run(void)
 
 	if (epfd < 0 && sched_init() < 0)
 		return -EBADF;
+	running = 1;
 	while (!stopping) {
 		int n = epoll_wait(epfd, evs, 256, next_timeout());
 
 		kicked = 0;
 		if (n < 0) {
 			if (errno != EINTR) {
+				int e = errno;
+
 				EPRINTF("epoll_wait: %m");
-				return -errno;
+				running = 0;
+				return -e;
 			}
 			n = 0;
 		}
 		dispatch(evs, n);
 		run_timers();
+		in_hooks = 1;
 		run_hooks();
+		in_hooks = 0;
 		bury();
 	}
+	running = 0;
 	stopping = 0;
 	return 0;
 }

@@ -50,3 +50,32 @@ cleanup() {
 	exit $rc
 }
 trap cleanup EXIT
+
+# serve PARAMS SOCK [ARGS...]: tapdisk-renew --serve in the background,
+# waiting for its socket; sets SPID.
+serve() {
+	local p=$1 s=$2
+	shift 2
+	( exec $VG "$BIN/tapdisk-renew" --serve "$p" --socket "$s" "$@" ) 2>>"$T/tapdisk.log" &
+	SPID=$!
+	PIDS="$PIDS $SPID"
+	wait_for 20 test -S "$s" || { cat "$T/tapdisk.log"; fail "serve $p: no socket $s"; }
+}
+# unserve: stop the daemon started by serve (SIGTERM) and wait for it.
+unserve() {
+	kill "$SPID" 2>/dev/null
+	wait "$SPID" 2>/dev/null
+	local rc=$?
+	[ $rc -eq 0 ] || [ $rc -eq 143 ] || fail "tapdisk-renew exited with $rc"
+}
+# export_to SOCK FILE: the whole export copied into FILE.
+export_to() { nbdcopy "$(nbd_uri "$1")" "$2" || fail "nbdcopy from $1"; }
+# qio SOCK CMD...: qemu-io on an NBD socket, one -c per CMD.
+qio() {
+	local sock=$1 a=()
+	shift
+	for c in "$@"; do a+=(-c "$c"); done
+	qemu-io -f raw "$(nbd_uri "$sock")" "${a[@]}"
+}
+# randfile FILE MIB: random bytes.
+randfile() { head -c "$(( $2 << 20 ))" /dev/urandom >"$1"; }

@@ -40,7 +40,8 @@ tapctl close -p "$P" -m 3 || fail "close"
 
 # reopen read-only: writes must fail, reads work
 SOCK=$(tapctl open -p "$P" -m 3 -a "aio:$T/a.raw" -R) || fail "open -R"
-qio "$SOCK" "read -P 0xaa 0 4k" >/dev/null || fail "read of a read-only disk"
+qemu-io -r -f raw "$(nbd_uri "$SOCK")" -c "read -P 0xaa 0 4k" >/dev/null || fail "read of a read-only disk"
+nbdinfo "$(nbd_uri "$SOCK")" | grep -q "is_read_only: true" || fail "export not read-only"
 tapctl list --json >"$T/l.json" || fail "list --json"
 [ "$(json_get "$T/l.json" 'j[0]["read_only"]')" = True ] || fail "read_only not listed"
 tapctl close -p "$P" -m 3 || fail "close (ro)"

@@ -74,3 +74,22 @@ ok "stale sockets of dead pid $dead removed"
 tapctl destroy -p "$PID" -m "$MINOR" || fail "destroy"
 tapctl destroy -p "$PB" -m "$MB" || fail "destroy b"
 [ -z "$(lsrun)" ] || fail "left in the run directory: $(lsrun)"
+
+# four creates at once: four daemons, minors 0..3, no two alike
+for i in 1 2 3 4; do
+	mkraw "$T/p$i.raw" $((0x10 + i)) $((1 << 20))
+	tapctl create --socket-only -a "aio:$T/p$i.raw" >"$T/c$i.out" 2>&1 &
+done
+wait || fail "a parallel create failed: $(cat "$T"/c*.out)"
+tapctl list >"$T/par"
+cat "$T/par"
+[ "$(sed -n 's/.*minor=\([0-9]*\).*/\1/p' "$T/par" | sort -n | tr '\n' ' ')" = "0 1 2 3 " ] || fail "parallel minors"
+[ "$(sed -n 's/^pid=\([0-9]*\).*/\1/p' "$T/par" | sort -u | wc -l)" = 4 ] || fail "parallel pids"
+for i in 1 2 3 4; do
+	line=$(tapctl list -f "$T/p$i.raw")
+	PIDS="$PIDS $(field pid "$line")"
+	qio "$(cat "$T/c$i.out")" "read -P $((0x10 + i)) 0 64k" >/dev/null || fail "parallel disk $i reads wrong"
+	tapctl destroy -p "$(field pid "$line")" -m "$(field minor "$line")" || fail "destroy parallel $i"
+done
+[ -z "$(lsrun)" ] || fail "left in the run directory: $(lsrun)"
+ok "parallel creates"

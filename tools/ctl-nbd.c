@@ -40,7 +40,7 @@ static int run(char *const argv[], char *out, size_t outlen)
 		dup2(fds[1], STDOUT_FILENO);
 		dup2(fds[1], STDERR_FILENO);
 		execvp(argv[0], argv);
-		printf("%s: %s\n", argv[0], strerror(errno));
+		printf("cannot run %s: %s\n", argv[0], strerror(errno));
 		fflush(stdout);
 		_exit(127);
 	}

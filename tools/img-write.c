@@ -108,7 +108,8 @@ static int copy_in(struct vhd_image *img, uint64_t off, uint64_t len, int exact,
 int img_cmd_write(int argc, char **argv)
 {
 	char *ops[3];
-	struct vhd_image img;
+	struct vhd_chain c;
+	struct vhd_image *img;
 	uint64_t off, len;
 	unsigned flags;
 	uint8_t *buf;
@@ -119,17 +120,18 @@ int img_cmd_write(int argc, char **argv)
 		return img_usage("write");
 	if (vhd_probe(ops[0]) == 0)
 		return img_fail("write: %s: not a VHD", ops[0]);
-	if (vhd_open(&img, ops[0], 0))
+	if (vhd_chain_open(&c, ops[0], 0)) /* a broken chain is not written into */
 		return img_fail_lib();
-	rc = parse_range(&img, ops, n, &off, &len);
-	buf = rc ? NULL : malloc((size_t)img.spb << VHD_SECTOR_SHIFT);
+	img = &c.layers[0].img;
+	rc = parse_range(img, ops, n, &off, &len);
+	buf = rc ? NULL : malloc((size_t)img->spb << VHD_SECTOR_SHIFT);
 	if (!rc && !buf)
 		rc = img_fail("write: %s: out of memory", ops[0]);
 	if (!rc)
-		rc = copy_in(&img, off, len, n == 3, buf);
-	if (!rc && fsync(img.fd))
+		rc = copy_in(img, off, len, n == 3, buf);
+	if (!rc && fsync(img->fd))
 		rc = img_fail("write: %s: fsync: %s", ops[0], strerror(errno));
 	free(buf);
-	vhd_close(&img);
+	vhd_chain_close(&c);
 	return rc;
 }

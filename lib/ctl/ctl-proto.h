@@ -38,10 +38,12 @@
  *   set-device minor device   records the kernel device (empty = none)
  *   shutdown           exit once the reply is sent (refused while a vbd
  *                      is open unless force=1)
- * Long-running work (renew) follows one pattern: a verb that starts a job
- * replies at once with `job=<id>`; `job-status minor [job]` reports
- * job.state (running|done|failed), job.done, job.total (bytes),
- * job.rate (bytes/s), job.msg; the tool polls it for progress.
+ *   job-status minor   job.id, job.kind, job.state (running|done|failed),
+ *                      job.done, job.total (bytes), job.rate (bytes/s),
+ *                      job.elapsed_ms; when failed job.errno and job.msg
+ * Long-running work (renew) follows one pattern: the verb that starts it
+ * replies at once with `job=<id>` (tapdisk-glue/control-job.h keeps the
+ * table); the tool polls `job-status` to print progress or to --wait.
  */
 #ifndef RENEW_CTL_PROTO_H
 #define RENEW_CTL_PROTO_H

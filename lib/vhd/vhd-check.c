@@ -63,10 +63,16 @@ static int footers_state(struct checker *ck, int fd, uint64_t size, uint8_t end[
 	}
 	if (vhd_footer_decode(end, &f, ck->path)) {
 		line(ck, "error: %s: end footer: %s", ck->path, reason_of(vhd_errmsg(), ck->path));
+		ck->errors++;
 		bad |= 1;
+	} else if (f.type == VHD_TYPE_FIXED) {
+		line(ck, "error: %s: fixed-size VHD is not supported (only dynamic and differencing disks)", ck->path);
+		ck->errors++;
+		return 3; /* and offset 0 is guest data: never touch it */
 	}
 	if (vhd_footer_decode(copy, &f, ck->path)) {
 		line(ck, "error: %s: footer copy at offset 0: %s", ck->path, reason_of(vhd_errmsg(), ck->path));
+		ck->errors++;
 		bad |= 2;
 	}
 	if (!bad && memcmp(end, copy, 512))
@@ -149,7 +155,8 @@ static void tail_leak(struct checker *ck, struct vhd_image *img, uint64_t used_e
 		ck->errors++;
 }
 
-/* The parent must resolve and match, and its own chain must open. */
+/* The parent must resolve and match, and the whole chain must open
+ * (the top leniently: its own problems are reported above). */
 static void check_parent(struct checker *ck, const struct vhd_image *img)
 {
 	struct vhd_chain c;
@@ -160,7 +167,8 @@ static void check_parent(struct checker *ck, const struct vhd_image *img)
 		ck->errors++;
 		return;
 	}
-	if (vhd_validate_parent(img, parent) || vhd_chain_open(&c, parent, VHD_OPEN_RDONLY)) {
+	if (vhd_validate_parent(img, parent) ||
+	    vhd_chain_open(&c, ck->path, VHD_OPEN_RDONLY | VHD_OPEN_NOCHECK | VHD_OPEN_ANYFOOTER)) {
 		line(ck, "error: %s: %s", ck->path, reason_of(vhd_errmsg(), ck->path));
 		ck->errors++;
 	} else {
@@ -193,7 +201,6 @@ int vhd_check(const char *path, int repair, void (*report)(void *arg, const char
 	}
 	bad = footers_state(&ck, fd, (uint64_t)st.st_size, end, copy);
 	close(fd);
-	ck.errors += (bad & 1) + (bad >> 1);
 	if (bad == 3)
 		return ck.errors;
 	rc = vhd_open(&img, path, VHD_OPEN_NOCHECK | VHD_OPEN_ANYFOOTER | (repair ? 0 : VHD_OPEN_RDONLY));

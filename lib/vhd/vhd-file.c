@@ -67,6 +67,9 @@ static int load_footer(struct vhd_image *img, uint64_t size, int flags)
 	r0 = vhd_footer_decode(copy, &f0, img->path);
 	snprintf(why0, sizeof(why0), "%s", r0 ? reason(img->path) : "");
 	img->footer_off = size - 512;
+	if (!re && fe.type == VHD_TYPE_FIXED) /* no copy at 0: that is guest data */
+		return vhd_fail(ENOTSUP, "open: %s: fixed-size VHD is not supported (only dynamic and differencing disks)",
+				img->path);
 	if (!re && !r0) {
 		img->footer = fe;
 		return 0;

@@ -239,6 +239,11 @@ uint64_t vhd_next_block_off(const struct vhd_image *img, uint64_t footer_off);
 /* Write one BAT entry (the 512-byte BAT sector holding it) from img->bat. */
 int vhd_write_bat_entry(struct vhd_image *img, uint32_t blk);
 
+/* vhd_snapshot_ex: size 0 means the parent's virtual size (raw: its file
+ * size); excl 0 creates or truncates `child` (a temporary name), 1 refuses
+ * an existing file. A raw parent must cover `size`. vhd_alloc_* do not
+ * fsync: callers order durability (flush before commit for power cuts). */
+
 /* Flag for vhd_open: accept a corrupt end footer when the copy at 0 is
  * valid, and a corrupt copy at 0 when the end footer is (check/repair). */
 #define VHD_OPEN_ANYFOOTER 0x4
