@@ -104,6 +104,8 @@ static int aio_lock(int fd, const char *path, td_flag_t flags)
 {
 	int shared = flags & TD_OPEN_SHAREABLE;
 
+	if (flags & TD_OPEN_NOLOCK)
+		return 0;
 	if (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0)
 		return 0;
 	if (errno == EWOULDBLOCK) {
@@ -282,6 +284,14 @@ static void aio_stats(td_driver_t *drv, td_stats_t *st)
 		 s->direct ? "true" : "false", s->inflight);
 }
 
+/* Convert the lock (renew takes a parent exclusively for its commit). */
+static int aio_td_lock(td_driver_t *drv, int op)
+{
+	struct aio_state *s = drv->data;
+
+	return flock(s->fd, op) ? -errno : 0;
+}
+
 const struct tap_disk tapdisk_aio = {
 	.disk_type = "tapdisk_aio",
 	.flags = 0,
@@ -295,4 +305,5 @@ const struct tap_disk tapdisk_aio = {
 	.td_queue_flush = aio_queue_flush,
 	.td_debug = aio_debug,
 	.td_stats = aio_stats,
+	.td_lock = aio_td_lock,
 };

@@ -25,50 +25,16 @@
 
 #include "tapdisk.h"
 #include "vhd.h"
-#include "bitmap-cache.h"
-
-#define BM_CACHE_ENTRIES 4096   /* 2 MiB of bitmaps: 8 GiB of partial blocks */
-#define IO_POOL_CHUNK    256
-
-struct renew_state;
-
-/* One I/O in flight, or one write piece waiting for its block's allocation. */
-struct renew_io {
-	struct tiocb tiocb;
-	td_request_t treq;
-	struct renew_state *s;
-	struct renew_alloc *alloc;  /* set for the write that allocates */
-	uint32_t blk;
-	uint8_t bitmap_update;      /* set bits after the data lands */
-	struct renew_io *next;      /* free list or waiter list */
-};
-
-/* A block being allocated: later writes to it wait here. */
-struct renew_alloc {
-	uint32_t blk;
-	uint32_t bm_sec;
-	struct renew_io *waiters;
-	struct renew_alloc *next;
-};
-
-struct renew_state {
-	struct vhd_image vhd;
-	int dfd;                    /* data: O_DIRECT when the file allows */
-	int rdonly;
-	uint8_t *full;              /* one bit per block: every sector present */
-	struct bm_cache cache;
-	struct renew_alloc *allocs; /* allocations in progress */
-	struct renew_io *free_io;
-	void **chunks;
-	int nr_chunks;
-	uint64_t blocks_allocated;
-	uint64_t full_blocks;
-	td_driver_t *drv;
-};
+#include "block-renew.h"
 
 static int full_test(const struct renew_state *s, uint32_t blk)
 {
 	return (s->full[blk >> 3] >> (blk & 7)) & 1;
+}
+
+int renew_block_full(const struct renew_state *s, uint32_t blk)
+{
+	return full_test(s, blk);
 }
 
 static void full_set(struct renew_state *s, uint32_t blk)
@@ -132,7 +98,7 @@ static td_request_t piece_of(td_request_t treq, td_sector_t sec, int secs)
 }
 
 /* The bitmap of an allocated block: cached, or read (and cached) now. */
-static uint8_t *block_bitmap(struct renew_state *s, uint32_t blk, int *err)
+uint8_t *renew_block_bitmap(struct renew_state *s, uint32_t blk, int *err)
 {
 	uint8_t buf[VHD_BITMAP_BYTES];
 	uint8_t *bm = bm_cache_lookup(&s->cache, blk);
@@ -235,7 +201,7 @@ static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
 		read_from_overlay(s, p, blk);
 		return;
 	}
-	bm = block_bitmap(s, blk, &err);
+	bm = renew_block_bitmap(s, blk, &err);
 	if (!bm) {
 		td_complete_request(p, err);
 		return;
@@ -316,7 +282,7 @@ static int bitmap_record(struct renew_state *s, uint32_t blk, td_request_t p)
 
 	if (full_test(s, blk))
 		return 0;
-	bm = block_bitmap(s, blk, &err);
+	bm = renew_block_bitmap(s, blk, &err);
 	if (!bm)
 		return err;
 	memcpy(next, bm, sizeof(next));
@@ -447,7 +413,7 @@ static int bits_present(struct renew_state *s, uint32_t blk, td_request_t p, int
 
 	if (full_test(s, blk))
 		return 1;
-	bm = block_bitmap(s, blk, err);
+	bm = renew_block_bitmap(s, blk, err);
 	if (!bm)
 		return -1;
 	return bitmap_run(bm, (uint32_t)(p.sec % s->vhd.spb), (uint32_t)p.secs, 1) ==
@@ -483,15 +449,10 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	queue_data_io(s, io, 1, sector_off(s, blk, p.sec), write_done);
 }
 
-static void renew_queue_write(td_driver_t *drv, td_request_t treq)
+void renew_write_local(struct renew_state *s, td_request_t treq)
 {
-	struct renew_state *s = drv->data;
 	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;
 
-	if (s->rdonly) {
-		td_complete_request(treq, -EROFS);
-		return;
-	}
 	while (sec < end) {
 		uint32_t blk = (uint32_t)(sec / s->vhd.spb);
 		td_sector_t blk_end = ((td_sector_t)blk + 1) * s->vhd.spb;
@@ -500,6 +461,20 @@ static void renew_queue_write(td_driver_t *drv, td_request_t treq)
 		write_block(s, piece_of(treq, sec, (int)n), blk);
 		sec += n;
 	}
+}
+
+static void renew_queue_write(td_driver_t *drv, td_request_t treq)
+{
+	struct renew_state *s = drv->data;
+
+	if (s->rdonly) {
+		td_complete_request(treq, -EROFS);
+		return;
+	}
+	if (s->copy)
+		renew_copy_write(s, treq);
+	else
+		renew_write_local(s, treq);
 }
 
 /* ---- flush ---- */
@@ -514,9 +489,8 @@ static void flush_done(void *arg, struct tiocb *t, int err)
 	td_complete_request(treq, err);
 }
 
-static void renew_queue_flush(td_driver_t *drv, td_request_t treq)
+void renew_flush_local(struct renew_state *s, td_request_t treq)
 {
-	struct renew_state *s = drv->data;
 	struct renew_io *io;
 
 	if (s->rdonly) {
@@ -530,8 +504,18 @@ static void renew_queue_flush(td_driver_t *drv, td_request_t treq)
 	}
 	/* fdatasync covers the inode: the metadata written through the other
 	 * descriptor is made durable with the data */
-	td_prep_fdsync(drv, &io->tiocb, s->dfd, flush_done, io);
-	td_queue_tiocb(drv, &io->tiocb);
+	td_prep_fdsync(s->drv, &io->tiocb, s->dfd, flush_done, io);
+	td_queue_tiocb(s->drv, &io->tiocb);
+}
+
+static void renew_queue_flush(td_driver_t *drv, td_request_t treq)
+{
+	struct renew_state *s = drv->data;
+
+	if (s->copy)
+		renew_copy_flush(s, treq);
+	else
+		renew_flush_local(s, treq);
 }
 
 /* ---- open / close ---- */
@@ -567,6 +551,8 @@ static int lock_image(struct renew_state *s, const char *path)
 {
 	int op = s->rdonly ? LOCK_SH : LOCK_EX;
 
+	if (s->drv->flags & TD_OPEN_NOLOCK)
+		return 0;
 	if (flock(s->vhd.fd, op | LOCK_NB) == 0)
 		return 0;
 	if (errno == EWOULDBLOCK) {
@@ -580,6 +566,7 @@ static int lock_image(struct renew_state *s, const char *path)
 
 static void renew_free(struct renew_state *s)
 {
+	renew_copy_end(s, NULL);
 	while (s->allocs) {
 		struct renew_alloc *a = s->allocs;
 
@@ -647,7 +634,11 @@ fail:
 
 static int renew_open(td_driver_t *drv, const char *name, td_flag_t flags)
 {
-	return renew_open_common(drv, name, flags, !!(flags & TD_OPEN_RDONLY));
+	int rdonly = !!(flags & TD_OPEN_RDONLY);
+
+	if (!rdonly && !(flags & TD_OPEN_NOLOCK))
+		renew_remove_stale(name);
+	return renew_open_common(drv, name, flags, rdonly);
 }
 
 static int vhd_parent_open(td_driver_t *drv, const char *name, td_flag_t flags)
@@ -730,6 +721,28 @@ static void renew_stats(td_driver_t *drv, td_stats_t *st)
 		 s->vhd.bat_entries);
 }
 
+static int renew_lock(td_driver_t *drv, int op)
+{
+	struct renew_state *s = drv->data;
+
+	return flock(s->vhd.fd, op) ? -errno : 0;
+}
+
+static int renew_renew_begin(td_driver_t *drv, struct td_renew_job *job)
+{
+	return renew_copy_begin(drv->data, job);
+}
+
+static void renew_renew_swap(td_driver_t *drv, struct td_renew_job *job)
+{
+	renew_copy_swap(drv->data, job);
+}
+
+static void renew_renew_end(td_driver_t *drv, struct td_renew_job *job)
+{
+	renew_copy_end(drv->data, job);
+}
+
 const struct tap_disk tapdisk_renew = {
 	.disk_type = "tapdisk_renew",
 	.flags = 0,
@@ -743,6 +756,10 @@ const struct tap_disk tapdisk_renew = {
 	.td_queue_flush = renew_queue_flush,
 	.td_debug = renew_debug,
 	.td_stats = renew_stats,
+	.td_lock = renew_lock,
+	.td_renew_begin = renew_renew_begin,
+	.td_renew_swap = renew_renew_swap,
+	.td_renew_end = renew_renew_end,
 };
 
 const struct tap_disk tapdisk_vhd = {
@@ -758,4 +775,5 @@ const struct tap_disk tapdisk_vhd = {
 	.td_queue_flush = renew_queue_flush,
 	.td_debug = renew_debug,
 	.td_stats = renew_stats,
+	.td_lock = renew_lock,
 };

@@ -93,7 +93,7 @@ void control_verbs_fini(void)
 		list_entry(p, struct ctl_pause, entry)->conn = NULL;
 }
 
-/* --- helpers --- */
+/* --- reading requests --- */
 
 /* tap-ctl's state bits for a vbd state, as `list` prints them. */
 static int state_flags(const td_vbd_t *vbd)

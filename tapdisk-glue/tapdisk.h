@@ -28,6 +28,7 @@ typedef struct td_image_handle td_image_t;
 typedef struct td_vbd_request td_vbd_request_t;
 typedef struct td_request td_request_t;
 struct tiocb;
+struct td_renew_job;
 
 #define TD_OP_READ   0
 #define TD_OP_WRITE  1
@@ -40,6 +41,7 @@ struct tiocb;
 #define TD_OPEN_SHAREABLE   0x0008 /* parent open: shared lock */
 #define TD_OPEN_LOCAL_CACHE 0x0010 /* unused; blktap compatibility */
 #define TD_OPEN_STRICT      0x0020 /* refuse what is merely doubtful */
+#define TD_OPEN_NOLOCK      0x0040 /* the caller holds the image's lock */
 
 #define TD_NO_PARENT 1
 
@@ -95,6 +97,18 @@ struct tap_disk {
 	void (*td_queue_flush)(td_driver_t *drv, td_request_t treq);
 	void (*td_debug)(td_driver_t *drv);
 	void (*td_stats)(td_driver_t *drv, td_stats_t *st);
+	/* Convert the image's lock (LOCK_SH / LOCK_EX, with LOCK_NB): renew
+	 * takes its parent exclusively for the commit. */
+	int (*td_lock)(td_driver_t *drv, int op);
+	/* Renew (overlays only; see renew-job.h). Called with the vbd paused:
+	 * check the parent, open it for writing, start the commit copy and
+	 * send guest writes to both images until td_renew_end. */
+	int (*td_renew_begin)(td_driver_t *drv, struct td_renew_job *job);
+	/* Called paused, once the copy is over: make the parent durable and
+	 * rename the fresh overlay over the image (the commit point). */
+	void (*td_renew_swap)(td_driver_t *drv, struct td_renew_job *job);
+	/* Called paused: stop writing through, release the parent. */
+	void (*td_renew_end)(td_driver_t *drv, struct td_renew_job *job);
 };
 
 enum td_driver_state { TD_DRIVER_CLOSED = 0, TD_DRIVER_OPEN = 1 };
@@ -164,6 +178,29 @@ int td_aio_pending(void);
 /* Outside the event loop: submit what is queued and wait up to `timeout_ms`
  * for completions, calling their callbacks. Returns how many completed. */
 int td_aio_poll(int timeout_ms);
+
+/* What a renew asks of a driver, and what the driver reports back. */
+struct td_renew_job {
+	int commit_only;        /* copy into the parent, keep the overlay */
+	int force;              /* skip the guards on the parent */
+	uint64_t rate_bps;      /* copy at most this fast (0 = no limit) */
+	uint64_t bytes_total;   /* the driver's estimate of the copy */
+	uint64_t bytes_done;
+	void *priv;             /* the runtime's */
+};
+/* The copy is over (err = 0: the parent holds every sector and is durable). */
+void td_renew_copied(struct td_renew_job *job, int err);
+/* The swap is over (err = 0: the fresh overlay is in place). */
+void td_renew_swapped(struct td_renew_job *job, int err);
+/* Open one image outside any chain (renew's writable parent). */
+td_driver_t *td_driver_open(int type, const char *path, td_flag_t flags, char *err, size_t errlen);
+void td_driver_close(td_driver_t *drv);
+
+/* Fault injection for crash and error tests: RENEW_FAULT=POINT[:N[:ACTION]]
+ * makes the N-th pass (default 1) through POINT kill the process
+ * (ACTION kill, the default) or fail with EIO / ENOSPC (eio, enospc).
+ * Returns 0 or the negative errno to fail with. */
+int td_fault(const char *point);
 
 /* Logging: to stderr (and syslog when the daemon is detached). */
 void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

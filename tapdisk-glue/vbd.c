@@ -532,7 +532,8 @@ static void vreq_account(td_vbd_request_t *vreq, int64_t done, int err)
 	}
 	vreq->secs_pending -= done;
 	if (vreq->secs_pending > 0) {
-		if (vreq->op == VBD_OP_WRITE_ZEROES && vreq->phase == PH_DATA && !vreq->issuing)
+		if (vreq->op == VBD_OP_WRITE_ZEROES && vreq->phase == PH_DATA && !vreq->issuing &&
+		    vreq->next_sec < vreq->sec + vreq->secs && vreq->pieces_inflight < ZERO_WINDOW)
 			zero_pump(vreq);
 		return;
 	}
@@ -835,4 +836,20 @@ char *tapdisk_vbd_stats_json(td_vbd_t *vbd)
 		return NULL;
 	}
 	return buf;
+}
+
+/* An image outside any chain: renew's writable handle on a parent. */
+td_driver_t *td_driver_open(int type, const char *path, td_flag_t flags, char *err, size_t errlen)
+{
+	td_image_t *image;
+
+	if (image_open(NULL, type, path, flags, &image, err, errlen))
+		return NULL;
+	return image->driver;
+}
+
+void td_driver_close(td_driver_t *drv)
+{
+	if (drv)
+		image_free(drv->image);
 }

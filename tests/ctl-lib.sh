@@ -1,4 +1,4 @@
-# Helpers for the control tests (tests/t-ctl-*.sh), after tests/lib.sh.
+# Shell functions shared by the control tests (tests/t-ctl-*.sh); source after tests/lib.sh.
 
 # mkraw FILE BYTE SIZE: a raw disk of SIZE bytes, every byte BYTE (e.g. 0xaa).
 mkraw() {

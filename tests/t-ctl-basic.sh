@@ -78,6 +78,14 @@ gone "$PID" || fail "daemon $PID still running after destroy"
 [ -z "$(tapctl list)" ] || fail "list not empty after destroy"
 ok "destroy: no process, no sockets"
 
+# --- a relative path is made absolute (the daemon's directory is not ours) ---
+S=$(cd "$T" && tapctl create --socket-only -a aio:a.raw) || fail "create with a relative path"
+line=$(tapctl list)
+[ "$(field args "$line")" = "aio:$T/a.raw" ] || fail "relative path listed as '$line'"
+PIDS="$PIDS $(field pid "$line")"
+tapctl destroy -p "$(field pid "$line")" -m "$(field minor "$line")" || fail "destroy"
+ok "relative path: $line"
+
 # --- destroy of a vbd that was attached but never opened ---
 P=$(tapctl spawn) || fail "spawn"
 PIDS="$PIDS $P"

@@ -14,6 +14,10 @@ static const struct img_cmd cmds[] = {
 	{ "check", "[--repair] FILE", "check consistency (exit 0 clean, 1 problems); --repair fixes what is safe", img_cmd_check },
 	{ "map", "[--json] FILE", "list extents and the layer providing each (0 = FILE) or zero", img_cmd_map },
 	{ "convert", "FILE OUT", "flatten the chain into a raw file, sparse where zero (OUT - = stdout)", img_cmd_convert },
+	{ "commit", "[--force] [--keep-going] [--rate MB/s] CHILD...",
+	  "copy every sector CHILD holds into its parent; CHILD stays valid", img_cmd_commit },
+	{ "renew", "[--force] [--keep-going] [--rate MB/s] CHILD...",
+	  "commit, then put a fresh empty overlay at CHILD's path (the old one is deleted)", img_cmd_renew },
 	{ "write", "FILE OFFSET [LENGTH]", "write standard input into FILE at OFFSET (sector-aligned)", img_cmd_write },
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))

@@ -40,5 +40,7 @@ int img_cmd_map(int argc, char **argv);
 int img_cmd_check(int argc, char **argv);
 int img_cmd_convert(int argc, char **argv);
 int img_cmd_write(int argc, char **argv);
+int img_cmd_commit(int argc, char **argv);
+int img_cmd_renew(int argc, char **argv);
 
 #endif

@@ -3,10 +3,12 @@
  * (with "tap-ctl-renew: VERB: why" on stderr), 2 usage error. */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "ctl-tool.h"
 
 static const char usage_text[] =
@@ -189,13 +191,25 @@ static int parse_num(const char *verb, int flag, const char *s, long min, long m
 	return (int)v;
 }
 
-/* Check "type:path" has both halves (the daemon checks the type). */
-static void check_params(const char *verb, const char *params)
+/* Check "type:path" has both halves (the daemon checks the type) and make
+ * a relative path absolute: the daemon's working directory is not ours. */
+static const char *check_params(const char *verb, const char *params)
 {
+	static char abs[PATH_MAX + 64];
 	const char *colon = strchr(params, ':');
+	char cwd[PATH_MAX];
 
 	if (!colon || colon == params || !colon[1])
 		usage_error(verb, "bad -a '%s' (expected TYPE:PATH, e.g. renew:/srv/vm1.vhd)", params);
+	if (colon[1] == '/')
+		return params;
+	if (!getcwd(cwd, sizeof(cwd)) ||
+	    (size_t)snprintf(abs, sizeof(abs), "%.*s:%s/%s", (int)(colon - params), params, cwd,
+			     colon + 1) >= sizeof(abs)) {
+		fprintf(stderr, PROG ": %s: cannot make '%s' absolute\n", verb, colon + 1);
+		exit(1);
+	}
+	return abs;
 }
 
 /* Parse the flags after the verb into `o`, recording which were given. */
@@ -226,7 +240,7 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		switch (c) {
 		case 'p': o->pid = parse_num(v->name, c, optarg, 1, 0x7fffffff); break;
 		case 'm': o->minor = parse_num(v->name, c, optarg, 0, (1 << 20) - 1); break;
-		case 'a': check_params(v->name, optarg); o->params = optarg; break;
+		case 'a': o->params = check_params(v->name, optarg); break;
 		case 'R': o->ro = 1; break;
 		case 'f': o->file = optarg; break;
 		case 't': o->type = optarg; break;

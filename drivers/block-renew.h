@@ -1,0 +1,70 @@
+/* The state of a `renew`/`vhd` image, shared by the driver's files:
+ * block-renew.c (I/O) and renew-copy.c (the commit into the parent). */
+#ifndef RENEW_BLOCK_RENEW_H
+#define RENEW_BLOCK_RENEW_H
+
+#include <stdint.h>
+#include "tapdisk.h"
+#include "vhd.h"
+#include "bitmap-cache.h"
+
+#define BM_CACHE_ENTRIES 4096   /* 2 MiB of bitmaps: 8 GiB of partial blocks */
+#define IO_POOL_CHUNK    256
+
+struct renew_state;
+struct renew_copy;
+
+/* One I/O in flight, or one write piece waiting for its block's allocation. */
+struct renew_io {
+	struct tiocb tiocb;
+	td_request_t treq;
+	struct renew_state *s;
+	struct renew_alloc *alloc;  /* set for the write that allocates */
+	uint32_t blk;
+	uint8_t bitmap_update;      /* set bits after the data lands */
+	struct renew_io *next;      /* free list or waiter list */
+};
+
+/* A block being allocated: later writes to it wait here. */
+struct renew_alloc {
+	uint32_t blk;
+	uint32_t bm_sec;
+	struct renew_io *waiters;
+	struct renew_alloc *next;
+};
+
+struct renew_state {
+	struct vhd_image vhd;
+	int dfd;                    /* data: O_DIRECT when the file allows */
+	int rdonly;
+	uint8_t *full;              /* one bit per block: every sector present */
+	struct bm_cache cache;
+	struct renew_alloc *allocs; /* allocations in progress */
+	struct renew_io *free_io;
+	void **chunks;
+	int nr_chunks;
+	uint64_t blocks_allocated;
+	uint64_t full_blocks;
+	td_driver_t *drv;
+	struct renew_copy *copy;    /* a commit into the parent, when running */
+};
+
+/* block-renew.c, for renew-copy.c */
+uint8_t *renew_block_bitmap(struct renew_state *s, uint32_t blk, int *err);
+int renew_block_full(const struct renew_state *s, uint32_t blk);
+/* The overlay's own write and flush paths (no write-through). */
+void renew_write_local(struct renew_state *s, td_request_t treq);
+void renew_flush_local(struct renew_state *s, td_request_t treq);
+
+/* renew-copy.c, for block-renew.c */
+/* A guest write during a commit: to the overlay and to the parent. */
+void renew_copy_write(struct renew_state *s, td_request_t treq);
+/* A guest flush during a commit: the parent too. */
+void renew_copy_flush(struct renew_state *s, td_request_t treq);
+int renew_copy_begin(struct renew_state *s, struct td_renew_job *job);
+void renew_copy_swap(struct renew_state *s, struct td_renew_job *job);
+void renew_copy_end(struct renew_state *s, struct td_renew_job *job);
+/* Remove a fresh overlay a crash left behind before its rename. */
+void renew_remove_stale(const char *path);
+
+#endif

@@ -1,0 +1,297 @@
+/* The renew job: pauses, the driver's copy and swap, the reopen (see
+ * renew-job.h). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "renew-job.h"
+#include "scheduler.h"
+#include "tapdisk.h"
+
+struct renew_job {
+	struct td_renew_job td;       /* what the driver sees */
+	td_vbd_t *vbd;
+	td_driver_t *drv;             /* the overlay's driver during the job */
+	int state;
+	int err;
+	char why[512];
+	uint64_t start_ns, copy_end_ns, end_ns;
+	uint64_t pause_start_ns, pause_max_ns, pause_total_ns;
+	renew_done_cb_t done;
+	void *arg;
+	struct list_head entry;
+};
+
+static struct list_head jobs = LIST_HEAD_INIT(jobs);
+
+static const char *state_name(int state)
+{
+	static const char *names[] = { "none", "starting", "copying", "swapping",
+				       "reopening", "done", "failed" };
+
+	return state >= 0 && state <= RENEW_FAILED ? names[state] : "unknown";
+}
+
+static struct renew_job *job_of(td_vbd_t *vbd)
+{
+	struct list_head *p;
+
+	list_for_each(p, &jobs) {
+		struct renew_job *j = list_entry(p, struct renew_job, entry);
+
+		if (j->vbd == vbd)
+			return j;
+	}
+	return NULL;
+}
+
+int tapdisk_renew_running(td_vbd_t *vbd)
+{
+	struct renew_job *j = job_of(vbd);
+
+	return j && j->state != RENEW_DONE && j->state != RENEW_FAILED;
+}
+
+/* Pause the vbd and measure how long the guest waits. */
+static void job_pause(struct renew_job *j, void (*cb)(td_vbd_t *, void *))
+{
+	j->pause_start_ns = sched_now_ns();
+	tapdisk_vbd_pause(j->vbd, cb, j);
+}
+
+/* Resume the vbd (reopening `params` when non-NULL); the pause ends here. */
+static int job_unpause(struct renew_job *j, const char *params)
+{
+	char err[512] = "";
+	int r = tapdisk_vbd_unpause(j->vbd, params, err, sizeof(err));
+	uint64_t d = sched_now_ns() - j->pause_start_ns;
+
+	j->pause_total_ns += d;
+	if (d > j->pause_max_ns)
+		j->pause_max_ns = d;
+	if (r && !j->err) {
+		j->err = r;
+		snprintf(j->why, sizeof(j->why), "reopen %s: %s", params ? params : "", err);
+	}
+	return r;
+}
+
+/* The job is over: report, keep the status for stats. */
+static void job_finish(struct renew_job *j, int err, const char *fmt, ...)
+{
+	if (err && !j->err) {
+		va_list ap;
+
+		j->err = err;
+		va_start(ap, fmt);
+		vsnprintf(j->why, sizeof(j->why), fmt, ap);
+		va_end(ap);
+	}
+	j->state = j->err ? RENEW_FAILED : RENEW_DONE;
+	j->end_ns = sched_now_ns();
+	j->drv = NULL;
+	if (j->err)
+		tlog(TLOG_ERR, "renew: minor %d: %s", j->vbd->minor, j->why);
+	else
+		tlog(TLOG_INFO, "renew: minor %d: done, %llu bytes committed, longest pause %.1f ms",
+		     j->vbd->minor, (unsigned long long)j->td.bytes_done, j->pause_max_ns / 1e6);
+	if (j->done)
+		j->done(j->vbd, j->err, j->why, j->arg);
+}
+
+/* Paused at the start: the driver checks the parent and turns on
+ * write-through; the guest resumes at once. */
+static void job_paused_start(td_vbd_t *vbd, void *arg)
+{
+	struct renew_job *j = arg;
+	int r;
+
+	tlog_clear_error();
+	r = j->drv->ops->td_renew_begin(j->drv, &j->td);
+	if (r) {
+		const char *why = tlog_last_error();
+
+		job_unpause(j, NULL);
+		job_finish(j, r, "%s", *why ? why : strerror(-r));
+		return;
+	}
+	j->state = RENEW_COPYING;
+	job_unpause(j, NULL);
+}
+
+/* Paused after a failed or commit-only copy: release the parent. */
+static void job_paused_end(td_vbd_t *vbd, void *arg)
+{
+	struct renew_job *j = arg;
+
+	j->drv->ops->td_renew_end(j->drv, &j->td);
+	job_unpause(j, NULL);
+	job_finish(j, 0, NULL);
+}
+
+/* Paused for the swap: the driver renames the fresh overlay in place. */
+static void job_paused_swap(td_vbd_t *vbd, void *arg)
+{
+	struct renew_job *j = arg;
+
+	j->state = RENEW_SWAPPING;
+	j->drv->ops->td_renew_swap(j->drv, &j->td);
+}
+
+/* An admin's pause holds the swap until the disk runs again. */
+static void job_copied_retry(void *arg)
+{
+	struct renew_job *j = arg;
+
+	td_renew_copied(&j->td, 0);
+}
+
+void td_renew_copied(struct td_renew_job *td, int err)
+{
+	struct renew_job *j = td->priv;
+
+	if (!err && j->vbd->state != VBD_RUNNING) {
+		sched_timer(50, job_copied_retry, j);
+		return;
+	}
+	j->copy_end_ns = sched_now_ns();
+	if (err) {
+		const char *why = tlog_last_error();
+
+		j->err = err;
+		snprintf(j->why, sizeof(j->why), "%s", *why ? why : strerror(-err));
+		job_pause(j, job_paused_end);
+		return;
+	}
+	job_pause(j, j->td.commit_only ? job_paused_end : job_paused_swap);
+}
+
+void td_renew_swapped(struct td_renew_job *td, int err)
+{
+	struct renew_job *j = td->priv;
+	const char *why = tlog_last_error();
+	char *params;
+
+	j->drv->ops->td_renew_end(j->drv, &j->td);
+	if (err) {
+		/* before the commit point: the old overlay is still the disk */
+		j->err = err;
+		snprintf(j->why, sizeof(j->why), "%s", *why ? why : strerror(-err));
+		job_unpause(j, NULL);
+		job_finish(j, err, NULL);
+		return;
+	}
+	/* past the commit point: the disk is the fresh overlay; reopen it */
+	j->state = RENEW_REOPENING;
+	j->drv = NULL;
+	td_fault("renew.reopen");
+	params = strdup(j->vbd->params);
+	if (!params) {
+		job_finish(j, -ENOMEM, "reopen %s: out of memory (the disk stays paused)", j->vbd->params);
+		return;
+	}
+	job_unpause(j, params);
+	free(params);
+	job_finish(j, 0, NULL);
+}
+
+int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
+			renew_done_cb_t done, void *arg, char *err, size_t errlen)
+{
+	struct renew_job *j = job_of(vbd);
+	td_driver_t *drv = vbd->top ? vbd->top->driver : NULL;
+
+	if (j && tapdisk_renew_running(vbd)) {
+		snprintf(err, errlen, "renew: minor %d (%s): a renew is already running (%s, %llu of %llu bytes)",
+			 vbd->minor, vbd->params, state_name(j->state),
+			 (unsigned long long)j->td.bytes_done, (unsigned long long)j->td.bytes_total);
+		return -EBUSY;
+	}
+	if (vbd->state != VBD_RUNNING || !drv) {
+		snprintf(err, errlen, "renew: minor %d: the disk is %s; unpause it first",
+			 vbd->minor, tapdisk_vbd_state_name(vbd));
+		return -EAGAIN;
+	}
+	if (!drv->ops->td_renew_begin || (vbd->flags & TD_OPEN_RDONLY)) {
+		snprintf(err, errlen, "renew: %s: not a writable renew: overlay (nothing to commit)",
+			 vbd->params);
+		return -EOPNOTSUPP;
+	}
+	if (!j) {
+		j = calloc(1, sizeof(*j));
+		if (!j) {
+			snprintf(err, errlen, "renew: out of memory");
+			return -ENOMEM;
+		}
+		list_add_tail(&j->entry, &jobs);
+	}
+	memset(&j->td, 0, sizeof(j->td));
+	j->td.commit_only = opts->commit_only;
+	j->td.force = opts->force;
+	j->td.rate_bps = opts->rate_bps;
+	j->td.priv = j;
+	j->vbd = vbd;
+	j->drv = drv;
+	j->state = RENEW_STARTING;
+	j->err = 0;
+	j->why[0] = '\0';
+	j->start_ns = sched_now_ns();
+	j->copy_end_ns = j->end_ns = 0;
+	j->pause_max_ns = j->pause_total_ns = 0;
+	j->done = done;
+	j->arg = arg;
+	tlog(TLOG_INFO, "renew: minor %d (%s): starting%s", vbd->minor, vbd->params,
+	     opts->commit_only ? " (commit only)" : "");
+	job_pause(j, job_paused_start);
+	return 0;
+}
+
+char *tapdisk_renew_status_json(td_vbd_t *vbd)
+{
+	struct renew_job *j = job_of(vbd);
+	uint64_t now, end, secs_x1000;
+	double mbs = 0, pct = 0, eta = -1;
+	char *out = NULL, why[1100];
+	size_t k = 0;
+
+	if (!j)
+		return NULL;
+	now = sched_now_ns();
+	end = j->copy_end_ns ? j->copy_end_ns : now;
+	secs_x1000 = (end - j->start_ns) / 1000000;
+	if (secs_x1000)
+		mbs = (double)j->td.bytes_done / 1048576.0 / ((double)secs_x1000 / 1000.0);
+	if (j->td.bytes_total)
+		pct = 100.0 * (double)j->td.bytes_done / (double)j->td.bytes_total;
+	else if (j->state == RENEW_DONE || j->copy_end_ns)
+		pct = 100;
+	if (j->state == RENEW_COPYING && mbs > 0)
+		eta = (double)(j->td.bytes_total - j->td.bytes_done) / 1048576.0 / mbs;
+	for (const char *c = j->why; *c && k < sizeof(why) - 3; c++) {
+		if (*c == '"' || *c == '\\')
+			why[k++] = '\\';
+		why[k++] = (*c >= 0x20) ? *c : ' ';
+	}
+	why[k] = '\0';
+	if (asprintf(&out,
+		     "{\"state\":\"%s\",\"commit_only\":%s,\"percent\":%.1f,\"bytes_done\":%llu,"
+		     "\"bytes_total\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
+		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"}",
+		     state_name(j->state), j->td.commit_only ? "true" : "false", pct,
+		     (unsigned long long)j->td.bytes_done, (unsigned long long)j->td.bytes_total,
+		     mbs, eta, (double)((j->end_ns ? j->end_ns : now) - j->start_ns) / 1e9,
+		     j->pause_max_ns / 1e6, j->pause_total_ns / 1e6, why) < 0)
+		return NULL;
+	return out;
+}
+
+void tapdisk_renew_forget(td_vbd_t *vbd)
+{
+	struct renew_job *j = job_of(vbd);
+
+	if (!j)
+		return;
+	list_del(&j->entry);
+	free(j);
+}

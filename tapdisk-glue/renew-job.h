@@ -1,0 +1,43 @@
+/* Renew as the runtime runs it: a job per vbd that pauses briefly to turn
+ * on write-through, lets the driver copy the overlay into its parent while
+ * the guest runs, then pauses again for the swap and reopens the disk on
+ * the fresh overlay. The driver does the image work (td_renew_* ops); the
+ * job does the pausing, the reopening and the bookkeeping.
+ *
+ * States: starting -> copying -> swapping -> reopening -> done, or failed
+ * from any of them (the overlay then stays in use, intact). */
+#ifndef RENEW_RENEW_JOB_H
+#define RENEW_RENEW_JOB_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "vbd.h"
+
+struct renew_opts {
+	int commit_only;
+	int force;
+	uint64_t rate_bps;
+};
+
+enum renew_state {
+	RENEW_NONE = 0, RENEW_STARTING, RENEW_COPYING, RENEW_SWAPPING,
+	RENEW_REOPENING, RENEW_DONE, RENEW_FAILED,
+};
+
+typedef void (*renew_done_cb_t)(td_vbd_t *vbd, int err, const char *why, void *arg);
+
+/* Start a renew of `vbd`; `done` runs when it ends (either way).
+ * Refuses (negative errno, message in err) when one is running already,
+ * the disk is paused or closed, or its top image is not an overlay. */
+int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
+			renew_done_cb_t done, void *arg, char *err, size_t errlen);
+/* Is a renew of `vbd` running (not done or failed)? */
+int tapdisk_renew_running(td_vbd_t *vbd);
+/* The last or current renew of `vbd` as a JSON object (malloc'd), or NULL
+ * when there has been none. */
+char *tapdisk_renew_status_json(td_vbd_t *vbd);
+/* The vbd is going away: forget its job (a running one is abandoned
+ * safely only when paused; callers refuse destroy while running). */
+void tapdisk_renew_forget(td_vbd_t *vbd);
+
+#endif
