@@ -12,11 +12,13 @@ WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib/vhd -Ilib/ctl -Itapdisk-glue
 LDLIBS   = -laio -lz
 BUILD   ?= build
+BINDIR  ?= bin
 
 ifeq ($(SANITIZE),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LDFLAGS += -fsanitize=address,undefined
 BUILD    = build-san
+BINDIR   = bin-san
 endif
 
 VHD_SRC   := $(wildcard lib/vhd/*.c)
@@ -31,7 +33,7 @@ obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 LIBVHD := $(BUILD)/libvhd.a
 LIBCTL := $(BUILD)/libctl.a
 LIBRT  := $(BUILD)/libtd.a
-PROGS  := bin/tapdisk-renew bin/tap-ctl-renew bin/renew-img
+PROGS  := $(BINDIR)/tapdisk-renew $(BINDIR)/tap-ctl-renew $(BINDIR)/renew-img
 UNITS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 all: $(PROGS) $(UNITS)
@@ -47,14 +49,14 @@ $(LIBCTL): $(call obj,$(CTL_SRC))
 $(LIBRT): $(call obj,$(RT_SRC))
 	@rm -f $@; $(AR) rcs $@ $^
 
-bin/tapdisk-renew: $(call obj,tapdisk-glue/tapdisk-renew.c) $(LIBRT) $(LIBCTL) $(LIBVHD)
-	@mkdir -p bin
+$(BINDIR)/tapdisk-renew: $(call obj,tapdisk-glue/tapdisk-renew.c) $(LIBRT) $(LIBCTL) $(LIBVHD)
+	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-bin/tap-ctl-renew: $(call obj,$(TCTL_SRC)) $(LIBCTL)
-	@mkdir -p bin
+$(BINDIR)/tap-ctl-renew: $(call obj,$(TCTL_SRC)) $(LIBCTL)
+	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-bin/renew-img: $(call obj,$(IMG_SRC)) $(LIBRT) $(LIBCTL) $(LIBVHD)
-	@mkdir -p bin
+$(BINDIR)/renew-img: $(call obj,$(IMG_SRC)) $(LIBRT) $(LIBCTL) $(LIBVHD)
+	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIBRT) $(LIBCTL) $(LIBVHD)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -63,15 +65,15 @@ deps:
 	@tests/install-deps.sh
 
 check: deps all
-	@BUILD=$(BUILD) VALGRIND=$(VALGRIND) tests/run $(TESTS)
+	@BUILD=$(BUILD) BINDIR=$(BINDIR) VALGRIND=$(VALGRIND) tests/run $(TESTS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 bin/tapdisk-renew bin/tap-ctl-renew $(DESTDIR)$(PREFIX)/sbin/
-	install -m 0755 bin/renew-img $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(BINDIR)/tapdisk-renew $(BINDIR)/tap-ctl-renew $(DESTDIR)$(PREFIX)/sbin/
+	install -m 0755 $(BINDIR)/renew-img $(DESTDIR)$(PREFIX)/bin/
 
 clean:
-	rm -rf build build-san bin
+	rm -rf build build-san bin bin-san
 
 .PHONY: all deps check install clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -553,7 +553,7 @@ static void lock_holders(const char *path, char *out, size_t len)
 		FILE *cf;
 
 		if (sscanf(line, "%*d: %*s %*s %*s %d %x:%x:%lu", &pid, &maj, &min, &ino) != 4 ||
-		    ino != st.st_ino || makedev(maj, min) != st.st_dev)
+		    ino != st.st_ino || makedev(maj, min) != st.st_dev || pid == getpid())
 			continue;
 		snprintf(cpath, sizeof(cpath), "/proc/%d/comm", pid);
 		if ((cf = fopen(cpath, "re"))) {

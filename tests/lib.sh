@@ -4,7 +4,7 @@
 #   RENEW_RUNDIR  a private run directory for sockets
 set -u
 TOP=${RENEW_TOP:-$(cd "$(dirname "$0")/.." && pwd)}
-BIN=$TOP/bin
+BIN=$TOP/${BINDIR:-bin}
 T=$(mktemp -d "$TOP/tests/tmp/$(basename "$0" .sh).XXXXXX")
 export RENEW_RUNDIR=$T/run
 mkdir -p "$RENEW_RUNDIR"
