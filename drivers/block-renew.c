@@ -324,7 +324,9 @@ static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request
 
 	memset(bm, 0, sizeof(bm));
 	bitmap_mark(bm, s->vhd.spb, p.sec, p.secs);
+	td_fault("alloc.data");
 	err = vhd_write_bitmap_at(&s->vhd, a->bm_sec, bm);
+	td_fault("alloc.bitmap");
 	if (!err)
 		err = vhd_alloc_commit(&s->vhd, a->blk, a->bm_sec);
 	if (err) {
@@ -381,6 +383,7 @@ static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
 		td_complete_request(p, err);
 		return;
 	}
+	td_fault("alloc.reserved");
 	a->blk = blk;
 	a->next = s->allocs;
 	s->allocs = a;

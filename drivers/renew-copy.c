@@ -128,8 +128,8 @@ static void wt_done(td_request_t treq, int err)
 
 	if (treq.image == c->target->image) {
 		if (err) {
-			EPRINTF("renew: write to parent %s at sector %llu: %s", c->parent_path,
-				(unsigned long long)treq.sec, strerror(-err));
+			EPRINTF("renew: %s: write to parent %s at sector %llu: %s", c->s->vhd.path,
+				c->parent_path, (unsigned long long)treq.sec, strerror(-err));
 			copy_fail(c, err);
 		}
 	} else if (err) {
@@ -288,8 +288,9 @@ static void slot_write_done(td_request_t treq, int err)
 	if (!err)
 		err = td_fault("renew.copy.write");
 	if (err) {
-		EPRINTF("renew: write to parent %s at sector %llu (%d sectors): %s",
-			slot->c->parent_path, (unsigned long long)treq.sec, treq.secs, strerror(-err));
+		EPRINTF("renew: %s: write to parent %s at sector %llu (%d sectors): %s",
+			slot->c->s->vhd.path, slot->c->parent_path, (unsigned long long)treq.sec,
+			treq.secs, strerror(-err));
 		copy_fail(slot->c, err);
 	}
 	slot_put(slot);
@@ -324,7 +325,7 @@ static void slot_read_done(void *arg, struct tiocb *t, int err)
 	slot->state = SLOT_WRITE;
 	slot->pending = 1;  /* bias while issuing */
 	if (err) {
-		EPRINTF("renew: read of %s block %u: %s", c->s->vhd.path, slot->blk, strerror(-err));
+		EPRINTF("renew: %s: read of block %u: %s", c->s->vhd.path, slot->blk, strerror(-err));
 		copy_fail(c, err);
 	}
 	while (!err && i < spb) {
@@ -432,6 +433,7 @@ static void copy_pump(struct renew_copy *c)
 			continue;
 		r = td_fault("renew.copy");
 		if (r) {
+			EPRINTF("renew: %s: copy of block %u: %s", s->vhd.path, blk, strerror(-r));
 			copy_fail(c, r);
 			break;
 		}
@@ -461,13 +463,13 @@ static int make_fresh_overlay(struct renew_copy *c)
 	unlink(c->tmp_path);
 	r = vhd_snapshot_ex(c->parent_path, c->tmp_path, s->vhd.footer.curr_size, 1);
 	if (r) {
-		EPRINTF("renew: %s", vhd_errmsg());
+		EPRINTF("renew: %s: %s", s->vhd.path, vhd_errmsg());
 		return r;
 	}
 	fd = open(c->tmp_path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || fsync(fd)) {
 		r = -errno;
-		EPRINTF("renew: fsync %s: %s", c->tmp_path, strerror(errno));
+		EPRINTF("renew: %s: fsync %s: %s", s->vhd.path, c->tmp_path, strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return r;
@@ -482,7 +484,7 @@ static void finish_flushed(td_request_t treq, int err)
 	struct renew_copy *c = treq.cb_data;
 
 	if (err) {
-		EPRINTF("renew: flush of parent %s: %s", c->parent_path, strerror(-err));
+		EPRINTF("renew: %s: flush of parent %s: %s", c->s->vhd.path, c->parent_path, strerror(-err));
 	} else if (!c->job->commit_only) {
 		err = make_fresh_overlay(c);
 	}
@@ -823,14 +825,14 @@ static void swap_flushed(td_request_t treq, int err)
 	int dfd;
 
 	if (err) {
-		EPRINTF("renew: flush of parent %s: %s", c->parent_path, strerror(-err));
+		EPRINTF("renew: %s: flush of parent %s: %s", s->vhd.path, c->parent_path, strerror(-err));
 		td_renew_swapped(c->job, err);
 		return;
 	}
 	td_fault("renew.before_rename");
 	if (rename(c->tmp_path, s->vhd.path)) {
 		err = -errno;
-		EPRINTF("renew: rename %s to %s: %s", c->tmp_path, s->vhd.path, strerror(errno));
+		EPRINTF("renew: %s: rename %s over it: %s", s->vhd.path, c->tmp_path, strerror(errno));
 		td_renew_swapped(c->job, err);
 		return;
 	}

@@ -1,0 +1,53 @@
+#!/bin/bash
+# Kill renew-img renew at every step of a renew (each block the copier
+# takes, its reads and writes, just before and after the rename, the
+# reopen) and fail its I/O: each time the image checks clean, shows exactly
+# the disk it showed before, and a later renew completes.
+. "$(dirname "$0")/lib.sh"
+
+mkdir "$T/orig"
+randfile "$T/orig/base.raw" 40
+img snapshot "$T/orig/base.raw" "$T/orig/vm.vhd" >/dev/null || fail snapshot
+# one MiB in each of 16 blocks, and a few scattered sectors
+for i in $(seq 0 15); do
+	head -c 1048576 /dev/urandom | img write "$T/orig/vm.vhd" $(( i * 2621440 / 4096 * 4096 )) >/dev/null || fail write
+done
+for off in 512 3145216 20972032; do
+	head -c 512 /dev/urandom | img write "$T/orig/vm.vhd" $off >/dev/null || fail write
+done
+img convert "$T/orig/vm.vhd" "$T/expect" || fail convert
+
+# after POINT: the image is consistent, the disk unchanged, renew completes
+verify() {
+	local d=$T/run what=$1
+	img check "$d/vm.vhd" >"$T/check" || { cat "$T/check"; fail "$what: check"; }
+	img convert "$d/vm.vhd" "$T/got" || fail "$what: convert"
+	cmp -s "$T/got" "$T/expect" || fail "$what: the disk changed"
+	img renew -q "$d/vm.vhd" || fail "$what: renew after the crash"
+	img convert "$d/vm.vhd" "$T/got" || fail "$what: convert after renew"
+	cmp -s "$T/got" "$T/expect" || fail "$what: the disk changed after renew"
+	ls -A "$d" | grep -q renew-new && fail "$what: temporary left behind"
+	return 0
+}
+
+points="renew.before_rename:1 renew.after_rename:1 renew.reopen:1"
+for n in $(seq 1 16); do points="$points renew.copy:$n"; done
+for n in 1 4 9; do points="$points renew.copy.read:$n renew.copy.write:$n"; done
+kills=0
+for p in $points; do
+	rm -rf "$T/run"; cp -a "$T/orig" "$T/run"
+	RENEW_FAULT=$p img renew -q "$T/run/vm.vhd" >"$T/out" 2>&1
+	rc=$?
+	[ $rc -eq 137 ] || { cat "$T/out"; fail "$p: renew-img was not killed (exit $rc)"; }
+	verify "kill at $p"
+	kills=$((kills + 1))
+done
+ok "killed at $kills points; every time consistent, unchanged, and renewed afterwards"
+
+for p in renew.copy.read:2:eio renew.copy.write:3:eio renew.copy:5:enospc; do
+	rm -rf "$T/run"; cp -a "$T/orig" "$T/run"
+	if RENEW_FAULT=$p img renew -q "$T/run/vm.vhd" >"$T/out" 2>&1; then fail "$p: renew succeeded"; fi
+	grep -q "renew-img: renew: .*vm.vhd" "$T/out" || { cat "$T/out"; fail "$p: no clear error"; }
+	verify "error at $p"
+done
+ok "I/O errors during the copy: clear error, disk unchanged, renew works afterwards"
