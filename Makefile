@@ -10,7 +10,7 @@ PREFIX  ?= /usr/local
 CFLAGS  ?= -O2 -g
 WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib/vhd -Ilib/ctl -Itapdisk-glue
-LDLIBS   = -laio -lz
+LDLIBS   = -laio -lz -pthread
 BUILD   ?= build
 BINDIR  ?= bin
 

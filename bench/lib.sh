@@ -100,3 +100,55 @@ print("%-16s %5s | %8.0f %5s | %8.0f %5s | %10.0f %5s | %8.2fx | %8.2fx" %
 print_footer() {
 	printf '%s\n' "(runs: $DIR/runs.txt; ratios are renew/raw and renew/qemu-nbd)"
 }
+
+# ---- pieces used by bench/commit and bench/renew-stall ----
+
+# now: seconds since the epoch, to the nanosecond.
+now() { date +%s.%N; }
+
+# wait_socket SOCK PID: until PID listens on SOCK (fails if PID dies first).
+wait_socket() {
+	for _ in $(seq 400); do
+		[ -S "$1" ] && return 0
+		kill -0 "$2" 2>/dev/null || return 1
+		sleep 0.05
+	done
+	return 1
+}
+
+# serve_renew PARAMS SOCK LOG / serve_qcow2 FILE SOCK LOG: one NBD server in
+# the background; SERVE_PID is its pid. stop_pid PID ends it.
+serve_renew() {
+	rm -f "$2"
+	"$TOP/bin/tapdisk-renew" --serve "$1" --socket "$2" 2>>"$3" &
+	SERVE_PID=$!
+	wait_socket "$2" "$SERVE_PID" || { echo "bench: tapdisk-renew $1 did not start (see $3)" >&2; exit 1; }
+}
+serve_qcow2() {
+	rm -f "$2"
+	qemu-nbd -f qcow2 --cache=none --aio=native --persistent -k "$2" "$1" 2>>"$3" &
+	SERVE_PID=$!
+	wait_socket "$2" "$SERVE_PID" || { echo "bench: qemu-nbd $1 did not start (see $3)" >&2; exit 1; }
+}
+stop_pid() {
+	kill "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
+
+# copy_direct SRC DST: a byte copy that leaves neither file in the page cache.
+copy_direct() {
+	rm -f "$2"
+	dd if="$1" of="$2" bs=4M iflag=direct oflag=direct status=none
+}
+
+# evict FILE...: write back and drop the files' pages from the page cache,
+# so a timed run starts cold whatever touched the files before.
+evict() {
+	python3 -c '
+import os, sys
+for f in sys.argv[1:]:
+    fd = os.open(f, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)' "$@"
+}

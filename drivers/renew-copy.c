@@ -458,7 +458,7 @@ static void copy_pump(struct renew_copy *c)
 static int make_fresh_overlay(struct renew_copy *c)
 {
 	struct renew_state *s = c->s;
-	int fd, r;
+	int r;
 
 	unlink(c->tmp_path);
 	r = vhd_snapshot_ex(c->parent_path, c->tmp_path, s->vhd.footer.curr_size, 1);
@@ -466,15 +466,6 @@ static int make_fresh_overlay(struct renew_copy *c)
 		EPRINTF("renew: %s: %s", s->vhd.path, vhd_errmsg());
 		return r;
 	}
-	fd = open(c->tmp_path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd)) {
-		r = -errno;
-		EPRINTF("renew: %s: fsync %s: %s", s->vhd.path, c->tmp_path, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return r;
-	}
-	close(fd);
 	return 0;
 }
 
@@ -837,6 +828,8 @@ static void swap_flushed(td_request_t treq, int err)
 		return;
 	}
 	td_fault("renew.after_rename");
+	/* hold the old overlay: its last close must not happen on the loop */
+	c->job->old_fd = dup(s->vhd.fd);
 	dir = strdup(s->vhd.path);
 	dfd = dir ? open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
 	if (dfd < 0 || fsync(dfd))

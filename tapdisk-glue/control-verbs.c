@@ -7,11 +7,11 @@
 #include <string.h>
 #include <unistd.h>
 #include "control.h"
-#include "control-job.h"
 #include "control-priv.h"
 #include "ctl-proto.h"
 #include "list.h"
 #include "nbd-server.h"
+#include "renew-job.h"
 #include "scheduler.h"
 #include "tapdisk.h"
 #include "vbd.h"
@@ -87,7 +87,6 @@ void control_verbs_fini(void)
 
 	list_for_each_safe(p, n, &devices)
 		device_forget(list_entry(p, struct ctl_device, entry)->minor);
-	ctl_job_fini();
 	/* a pause still quiescing keeps its record for the vbd's callback */
 	list_for_each(p, &pauses)
 		list_entry(p, struct ctl_pause, entry)->conn = NULL;
@@ -214,9 +213,9 @@ static int verb_detach(struct ctl_req *r)
 				vbd->params ? vbd->params : "an image");
 		return 0;
 	}
+	tapdisk_renew_forget(vbd);
 	tapdisk_vbd_free(vbd);
 	device_forget(minor);
-	ctl_job_forget(minor);
 	ctl_reply_ok(&r->rep);
 	if (ever_attached && list_empty(tapdisk_vbd_list())) {
 		ctl_msg_set(&r->rep, "exiting", "1");
@@ -285,6 +284,20 @@ static int verb_open(struct ctl_req *r)
 	return open_export(r, vbd, params);
 }
 
+/* A renew owns the images until it ends: closing them now would lose the
+ * commit's place; the admin waits (stats shows the progress). */
+static int refuse_while_renewing(struct ctl_req *r, td_vbd_t *vbd, const char *what)
+{
+	struct renew_status st;
+
+	if (!tapdisk_renew_running(vbd) || tapdisk_renew_status(vbd, &st))
+		return 0;
+	ctl_reply_error(&r->rep, EBUSY,
+			"minor %d (%s): a renew is running (%s, %.0f%%); %s it once the renew ends (see stats)",
+			vbd->minor, vbd->params, st.state_name, st.percent, what);
+	return 1;
+}
+
 /* close: stop the export, close the images; the vbd stays attached. */
 static int verb_close(struct ctl_req *r)
 {
@@ -301,6 +314,8 @@ static int verb_close(struct ctl_req *r)
 				vbd->params);
 		return 0;
 	}
+	if (refuse_while_renewing(r, vbd, "close"))
+		return 0;
 	tapdisk_nbd_unexport(vbd);
 	tapdisk_vbd_close(vbd);
 	device_forget(vbd->minor);
@@ -454,6 +469,25 @@ static int verb_list(struct ctl_req *r)
 	return 0;
 }
 
+/* The vbd's statistics object with a "renew" member added, when the vbd
+ * has had one. Takes `json`. */
+static char *with_renew_status(td_vbd_t *vbd, char *json)
+{
+	char *renew = tapdisk_renew_status_json(vbd), *out = NULL;
+	size_t n = json ? strlen(json) : 0;
+
+	if (!json || !renew || n < 2 || json[n - 1] != '}') {
+		free(renew);
+		return json;
+	}
+	json[n - 1] = '\0';
+	if (asprintf(&out, "%s%s\"renew\":%s}", json, n > 2 ? "," : "", renew) < 0)
+		out = NULL;
+	free(json);
+	free(renew);
+	return out;
+}
+
 /* stats: the vbd's counters and the driver's as a JSON object. */
 static int verb_stats(struct ctl_req *r)
 {
@@ -462,7 +496,7 @@ static int verb_stats(struct ctl_req *r)
 
 	if (!vbd)
 		return 0;
-	json = tapdisk_vbd_stats_json(vbd);
+	json = with_renew_status(vbd, tapdisk_vbd_stats_json(vbd));
 	if (!json) {
 		ctl_reply_error(&r->rep, ENOMEM, "minor %d: stats: %s", vbd->minor, strerror(ENOMEM));
 		return 0;
@@ -498,33 +532,57 @@ static int verb_set_device(struct ctl_req *r)
 	return 0;
 }
 
-/* job-status: the progress of the minor's long-running job (renew). */
-static int verb_job_status(struct ctl_req *r)
+/* renew: start committing the overlay into its parent; replies at once. */
+static int verb_renew(struct ctl_req *r)
 {
-	struct ctl_job *job;
-	uint64_t end;
-	int minor;
+	td_vbd_t *vbd = get_vbd(r);
+	const char *rate = ctl_msg_get(r->req, "rate");
+	const char *force = ctl_msg_get(r->req, "force");
+	const char *commit = ctl_msg_get(r->req, "commit_only");
+	struct renew_opts opts = { 0 };
+	char err[CTL_ERRLEN] = "";
+	int rc;
 
-	if (get_minor(r, &minor))
+	if (!vbd)
 		return 0;
-	job = ctl_job_find(minor);
-	if (!job) {
-		ctl_reply_error(&r->rep, ENOENT, "minor %d has no job", minor);
+	opts.rate_bps = rate ? strtoull(rate, NULL, 10) : 0;
+	opts.force = force && !strcmp(force, "1");
+	opts.commit_only = commit && !strcmp(commit, "1");
+	rc = tapdisk_renew_start(vbd, &opts, NULL, NULL, err, sizeof(err));
+	if (rc) {
+		ctl_reply_error(&r->rep, -rc, "%s", err);
 		return 0;
 	}
-	end = job->state == CTL_JOB_RUNNING ? sched_now_ns() : job->end_ns;
 	ctl_reply_ok(&r->rep);
-	ctl_msg_set_int(&r->rep, "job.id", job->id);
-	ctl_msg_set(&r->rep, "job.kind", job->kind);
-	ctl_msg_set(&r->rep, "job.state", ctl_job_state_name(job));
-	ctl_msg_setf(&r->rep, "job.done", "%llu", (unsigned long long)job->done);
-	ctl_msg_setf(&r->rep, "job.total", "%llu", (unsigned long long)job->total);
-	ctl_msg_setf(&r->rep, "job.rate", "%llu", (unsigned long long)ctl_job_rate(job));
-	ctl_msg_setf(&r->rep, "job.elapsed_ms", "%llu",
-		     (unsigned long long)((end - job->start_ns) / 1000000));
-	if (job->state == CTL_JOB_FAILED) {
-		ctl_msg_set_int(&r->rep, "job.errno", job->error);
-		ctl_msg_set(&r->rep, "job.msg", job->msg);
+	return 0;
+}
+
+/* job-status: the progress of the minor's renew (running or last). */
+static int verb_job_status(struct ctl_req *r)
+{
+	td_vbd_t *vbd = get_vbd(r);
+	struct renew_status st;
+
+	if (!vbd)
+		return 0;
+	if (tapdisk_renew_status(vbd, &st)) {
+		ctl_reply_error(&r->rep, ENOENT, "minor %d (%s) has had no renew", vbd->minor,
+				vbd->params ? vbd->params : "closed");
+		return 0;
+	}
+	ctl_reply_ok(&r->rep);
+	ctl_msg_set(&r->rep, "job.kind", st.commit_only ? "commit" : "renew");
+	ctl_msg_set(&r->rep, "job.state", st.state_name);
+	ctl_msg_setf(&r->rep, "job.done", "%llu", (unsigned long long)st.bytes_done);
+	ctl_msg_setf(&r->rep, "job.total", "%llu", (unsigned long long)st.bytes_total);
+	ctl_msg_setf(&r->rep, "job.percent", "%.1f", st.percent);
+	ctl_msg_setf(&r->rep, "job.mb_per_s", "%.1f", st.mb_per_s);
+	ctl_msg_setf(&r->rep, "job.eta_s", "%.0f", st.eta_s);
+	ctl_msg_setf(&r->rep, "job.elapsed_s", "%.3f", st.elapsed_s);
+	ctl_msg_setf(&r->rep, "job.pause_max_ms", "%.3f", st.pause_max_ms);
+	if (st.err) {
+		ctl_msg_set_int(&r->rep, "job.errno", -st.err);
+		ctl_msg_set(&r->rep, "job.msg", st.why);
 	}
 	return 0;
 }
@@ -564,6 +622,7 @@ static const struct {
 	{ "stats", verb_stats },
 	{ "set-device", verb_set_device },
 	{ "job-status", verb_job_status },
+	{ "renew", verb_renew },
 	{ "shutdown", verb_shutdown },
 };
 

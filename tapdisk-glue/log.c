@@ -49,6 +49,8 @@ void tlog(int level, const char *fmt, ...)
 	char msg[1024];
 	va_list ap;
 
+	if (level > TLOG_ERR && level > tlog_threshold())
+		return; /* not shown and not kept: do not even format it */
 	va_start(ap, fmt);
 	errno = saved; /* so %m names the caller's error */
 	vsnprintf(msg, sizeof(msg), fmt, ap);

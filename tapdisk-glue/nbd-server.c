@@ -76,6 +76,7 @@ struct nbd_conn {
 	int want_write;
 	int events;
 	int timer;
+	int last_short;         /* the last recv got less than it asked for */
 	uint8_t *in;
 	size_t in_len, in_off;
 	struct nbd_option opt;
@@ -698,6 +699,7 @@ static ssize_t conn_recv(struct nbd_conn *c)
 		struct nbd_req *r = c->rx;
 
 		n = recv(c->fd, r->buf + c->rx_done, r->hdr.length - c->rx_done, 0);
+		c->last_short = n < (ssize_t)(r->hdr.length - c->rx_done);
 		if (n > 0) {
 			c->rx_done += (uint32_t)n;
 			if (c->rx_done == r->hdr.length)
@@ -713,6 +715,7 @@ static ssize_t conn_recv(struct nbd_conn *c)
 		c->in_off = 0;
 	}
 	n = recv(c->fd, c->in + c->in_len, IN_BUF_SIZE - c->in_len, 0);
+	c->last_short = n < (ssize_t)(IN_BUF_SIZE - c->in_len);
 	if (n > 0) {
 		c->in_len += (size_t)n;
 		conn_process(c);
@@ -742,6 +745,8 @@ static void conn_readable(struct nbd_conn *c)
 			return;
 		}
 		budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
+		if (c->last_short)
+			break; /* drained: epoll says when more comes */
 	}
 	if (!c->dead)
 		conn_update_events(c);

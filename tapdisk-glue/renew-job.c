@@ -1,10 +1,12 @@
 /* The renew job: pauses, the driver's copy and swap, the reopen (see
  * renew-job.h). */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "renew-job.h"
 #include "scheduler.h"
 #include "tapdisk.h"
@@ -51,6 +53,26 @@ int tapdisk_renew_running(td_vbd_t *vbd)
 	struct renew_job *j = job_of(vbd);
 
 	return j && j->state != RENEW_DONE && j->state != RENEW_FAILED;
+}
+
+static void *close_fd_thread(void *arg)
+{
+	close((int)(intptr_t)arg);
+	return NULL;
+}
+
+/* The last close of the replaced overlay frees all its blocks, which takes
+ * time in proportion to its size: do it off the event loop. */
+static void close_in_background(int fd)
+{
+	pthread_attr_t attr;
+	pthread_t t;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &attr, close_fd_thread, (void *)(intptr_t)fd))
+		close(fd);
+	pthread_attr_destroy(&attr);
 }
 
 /* Pause the vbd and measure how long the guest waits. */
@@ -193,6 +215,10 @@ void td_renew_swapped(struct td_renew_job *td, int err)
 	}
 	job_unpause(j, params);
 	free(params);
+	if (j->td.old_fd >= 0) {
+		close_in_background(j->td.old_fd);
+		j->td.old_fd = -1;
+	}
 	job_finish(j, 0, NULL);
 }
 
@@ -230,6 +256,7 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	j->td.commit_only = opts->commit_only;
 	j->td.force = opts->force;
 	j->td.rate_bps = opts->rate_bps;
+	j->td.old_fd = -1;
 	j->td.priv = j;
 	j->vbd = vbd;
 	j->drv = drv;
@@ -247,28 +274,48 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	return 0;
 }
 
-char *tapdisk_renew_status_json(td_vbd_t *vbd)
+int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st)
 {
 	struct renew_job *j = job_of(vbd);
-	uint64_t now, end, secs_x1000;
-	double mbs = 0, pct = 0, eta = -1;
+	uint64_t now, copy_end, ms;
+
+	if (!j)
+		return -ENOENT;
+	memset(st, 0, sizeof(*st));
+	now = sched_now_ns();
+	copy_end = j->copy_end_ns ? j->copy_end_ns : now;
+	ms = (copy_end - j->start_ns) / 1000000;
+	st->state = j->state;
+	st->state_name = state_name(j->state);
+	st->commit_only = j->td.commit_only;
+	st->bytes_done = j->td.bytes_done;
+	st->bytes_total = j->td.bytes_total;
+	if (ms)
+		st->mb_per_s = (double)j->td.bytes_done / 1048576.0 / ((double)ms / 1000.0);
+	if (j->td.bytes_total)
+		st->percent = 100.0 * (double)j->td.bytes_done / (double)j->td.bytes_total;
+	else if (j->state == RENEW_DONE || j->copy_end_ns)
+		st->percent = 100;
+	st->eta_s = -1;
+	if (j->state == RENEW_COPYING && st->mb_per_s > 0)
+		st->eta_s = (double)(j->td.bytes_total - j->td.bytes_done) / 1048576.0 / st->mb_per_s;
+	st->elapsed_s = (double)((j->end_ns ? j->end_ns : now) - j->start_ns) / 1e9;
+	st->pause_max_ms = j->pause_max_ns / 1e6;
+	st->pause_total_ms = j->pause_total_ns / 1e6;
+	st->err = j->err;
+	st->why = j->why;
+	return 0;
+}
+
+char *tapdisk_renew_status_json(td_vbd_t *vbd)
+{
+	struct renew_status st;
 	char *out = NULL, why[1100];
 	size_t k = 0;
 
-	if (!j)
+	if (tapdisk_renew_status(vbd, &st))
 		return NULL;
-	now = sched_now_ns();
-	end = j->copy_end_ns ? j->copy_end_ns : now;
-	secs_x1000 = (end - j->start_ns) / 1000000;
-	if (secs_x1000)
-		mbs = (double)j->td.bytes_done / 1048576.0 / ((double)secs_x1000 / 1000.0);
-	if (j->td.bytes_total)
-		pct = 100.0 * (double)j->td.bytes_done / (double)j->td.bytes_total;
-	else if (j->state == RENEW_DONE || j->copy_end_ns)
-		pct = 100;
-	if (j->state == RENEW_COPYING && mbs > 0)
-		eta = (double)(j->td.bytes_total - j->td.bytes_done) / 1048576.0 / mbs;
-	for (const char *c = j->why; *c && k < sizeof(why) - 3; c++) {
+	for (const char *c = st.why; *c && k < sizeof(why) - 3; c++) {
 		if (*c == '"' || *c == '\\')
 			why[k++] = '\\';
 		why[k++] = (*c >= 0x20) ? *c : ' ';
@@ -278,10 +325,9 @@ char *tapdisk_renew_status_json(td_vbd_t *vbd)
 		     "{\"state\":\"%s\",\"commit_only\":%s,\"percent\":%.1f,\"bytes_done\":%llu,"
 		     "\"bytes_total\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
 		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"}",
-		     state_name(j->state), j->td.commit_only ? "true" : "false", pct,
-		     (unsigned long long)j->td.bytes_done, (unsigned long long)j->td.bytes_total,
-		     mbs, eta, (double)((j->end_ns ? j->end_ns : now) - j->start_ns) / 1e9,
-		     j->pause_max_ns / 1e6, j->pause_total_ns / 1e6, why) < 0)
+		     st.state_name, st.commit_only ? "true" : "false", st.percent,
+		     (unsigned long long)st.bytes_done, (unsigned long long)st.bytes_total,
+		     st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why) < 0)
 		return NULL;
 	return out;
 }

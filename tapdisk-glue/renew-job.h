@@ -33,8 +33,21 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 			renew_done_cb_t done, void *arg, char *err, size_t errlen);
 /* Is a renew of `vbd` running (not done or failed)? */
 int tapdisk_renew_running(td_vbd_t *vbd);
-/* The last or current renew of `vbd` as a JSON object (malloc'd), or NULL
- * when there has been none. */
+/* A snapshot of the current or last renew of a vbd. */
+struct renew_status {
+	int state;
+	const char *state_name;
+	int commit_only;
+	uint64_t bytes_done, bytes_total;
+	double percent, mb_per_s, eta_s;     /* eta_s < 0: unknown */
+	double elapsed_s;
+	double pause_max_ms, pause_total_ms;
+	int err;                             /* negative errno when failed */
+	const char *why;                     /* the failure, naming path and reason */
+};
+/* Fill `st`; -ENOENT when the vbd has had no renew. */
+int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st);
+/* The same as a JSON object (malloc'd), or NULL when there has been none. */
 char *tapdisk_renew_status_json(td_vbd_t *vbd);
 /* The vbd is going away: forget its job (a running one is abandoned
  * safely only when paused; callers refuse destroy while running). */

@@ -126,7 +126,8 @@ void sched_fini(void)
 /* Our event bits as epoll's. */
 static uint32_t to_epoll(int events)
 {
-	return (events & SCHED_READ ? EPOLLIN | EPOLLRDHUP : 0) | (events & SCHED_WRITE ? EPOLLOUT : 0);
+	return (events & SCHED_READ ? EPOLLIN | EPOLLRDHUP : 0) | (events & SCHED_WRITE ? EPOLLOUT : 0) |
+	       (events & SCHED_EDGE ? EPOLLET : 0);
 }
 
 int sched_register_fd(int fd, int events, sched_fd_cb_t cb, void *arg)
@@ -324,9 +325,9 @@ static void dispatch(struct epoll_event *evs, int n)
 			events |= SCHED_READ;
 		if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 			events |= SCHED_WRITE;
-		events &= s->events;
+		events &= s->events & (SCHED_READ | SCHED_WRITE);
 		if (!events && (evs[i].events & (EPOLLHUP | EPOLLERR)))
-			events = s->events; /* report a hangup to whatever is watched */
+			events = s->events & (SCHED_READ | SCHED_WRITE); /* a hangup: to whatever is watched */
 		if (events)
 			s->cb(s->fd, events, s->arg);
 	}
@@ -339,6 +340,7 @@ int sched_run(void)
 	if (epfd < 0 && sched_init() < 0)
 		return -EBADF;
 	running = 1;
+	stopping = 0; /* a stop asked while no loop ran is for no loop */
 	while (!stopping) {
 		int n = epoll_wait(epfd, evs, 256, next_timeout());
 

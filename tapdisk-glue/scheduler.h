@@ -7,6 +7,7 @@
 
 #define SCHED_READ  0x1
 #define SCHED_WRITE 0x2
+#define SCHED_EDGE  0x4 /* edge-triggered: report each new readiness once */
 
 typedef void (*sched_fd_cb_t)(int fd, int events, void *arg);
 typedef void (*sched_timer_cb_t)(void *arg);
@@ -25,7 +26,7 @@ void sched_cancel_timer(int id);
 /* Call `cb` at the end of every loop iteration until removed. */
 int sched_add_hook(sched_hook_cb_t cb, void *arg);
 void sched_remove_hook(int id);
-/* Run until sched_stop(); returns 0. */
+/* Run until sched_stop() (called from a callback); returns 0. */
 int sched_run(void);
 void sched_stop(void);
 /* Make the next wait return at once: work was queued outside an fd

@@ -25,6 +25,10 @@ struct opts {
 	const char *device;      /* -d /dev/nbdN (destroy) */
 	int socket_only;         /* --socket-only */
 	int json;                /* --json */
+	int wait;                /* --wait */
+	unsigned long long rate_bps; /* --rate MB/s */
+	int force;               /* --force */
+	int commit_only;         /* --commit-only */
 };
 
 /* One vbd as a daemon lists it. */
@@ -73,6 +77,9 @@ void vbd_list_free(struct vbd_list *l);
 /* Remove a dead daemon's control and NBD sockets. */
 void remove_daemon_sockets(int pid);
 int cmd_list(const struct opts *o);
+
+/* ctl-renew.c */
+int cmd_renew(const struct opts *o);
 
 /* ctl-create.c */
 int cmd_create(const struct opts *o);

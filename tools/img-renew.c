@@ -36,20 +36,13 @@ static void run_done(td_vbd_t *vbd, int err, const char *why, void *arg)
 static void run_progress(void *arg)
 {
 	struct run *r = arg;
-	char *js = tapdisk_renew_status_json(r->vbd);
-	double pct = 0, mbs = 0, eta = -1;
-	const char *p;
+	struct renew_status st;
 
-	if (js) {
-		if ((p = strstr(js, "\"percent\":")))
-			pct = atof(p + 10);
-		if ((p = strstr(js, "\"mb_per_s\":")))
-			mbs = atof(p + 11);
-		if ((p = strstr(js, "\"eta_s\":")))
-			eta = atof(p + 8);
-		fprintf(stderr, "\r%5.1f%%  %7.1f MB/s  ETA %s%.0fs   ", pct, mbs, eta < 0 ? "?" : "",
-			eta < 0 ? 0 : eta);
-		free(js);
+	if (!tapdisk_renew_status(r->vbd, &st)) {
+		if (st.eta_s < 0)
+			fprintf(stderr, "\r%5.1f%%  %7.1f MB/s  ETA ?   ", st.percent, st.mb_per_s);
+		else
+			fprintf(stderr, "\r%5.1f%%  %7.1f MB/s  ETA %.0fs   ", st.percent, st.mb_per_s, st.eta_s);
 	}
 	r->progress_timer = sched_timer(500, run_progress, r);
 }
@@ -58,7 +51,8 @@ static void run_progress(void *arg)
 static int run_one(const char *path, const struct renew_opts *opts, int quiet)
 {
 	struct run r = { 0 };
-	char err[1024] = "", *params = NULL, *js;
+	char err[1024] = "", *params = NULL;
+	struct renew_status st;
 	int rc;
 
 	if (sched_init())
@@ -90,16 +84,10 @@ static int run_one(const char *path, const struct renew_opts *opts, int quiet)
 		rc = img_fail("%s", r.why);
 		goto out;
 	}
-	js = tapdisk_renew_status_json(r.vbd);
-	if (!quiet && js) {
-		const char *p = strstr(js, "\"bytes_done\":");
-
-		printf("%s: %s: %llu bytes committed into the parent%s\n",
-		       opts->commit_only ? "commit" : "renew", path,
-		       p ? strtoull(p + 13, NULL, 10) : 0ULL,
-		       opts->commit_only ? "" : "; the overlay is fresh");
-	}
-	free(js);
+	if (!quiet && !tapdisk_renew_status(r.vbd, &st))
+		printf("%s: %s: %llu bytes committed into the parent in %.2fs%s\n",
+		       opts->commit_only ? "commit" : "renew", path, (unsigned long long)st.bytes_done,
+		       st.elapsed_s, opts->commit_only ? "" : "; the overlay is fresh");
 	rc = 0;
 out:
 	if (r.progress_timer)

@@ -27,7 +27,10 @@ static const char usage_text[] =
 	"                                         pid=P minor=M state=S args=TYPE:PATH; S is\n"
 	"                                         tap-ctl's state bits: 0 running, 0x2 closed,\n"
 	"                                         0x10 pausing, 0x20 paused\n"
-	"  stats   -p PID -m MINOR                statistics as JSON\n"
+	"  stats   -p PID -m MINOR                statistics as JSON (with the renew's progress)\n"
+	"  renew   -p PID -m MINOR [--wait] [--rate MB/s] [--force] [--commit-only]\n"
+	"                                         commit the overlay into its parent and put a\n"
+	"                                         fresh one in its place, live; --wait follows it\n"
 	"  check                                  is this host ready? prints ok\n"
 	"  version [-p PID]                       protocol version (of a daemon with -p)\n"
 	"TYPE: aio (raw file), renew (VHD overlay), vhd (read-only VHD).\n"
@@ -160,6 +163,7 @@ static const struct verb verbs[] = {
 	{ "destroy", "pmd", "", cmd_destroy },
 	{ "list", "pmtfJ", "", cmd_list },
 	{ "stats", "pm", "pm", cmd_stats },
+	{ "renew", "pmWrFC", "pm", cmd_renew },
 	{ "check", "", "", cmd_check },
 	{ "version", "p", "", cmd_version },
 };
@@ -173,6 +177,14 @@ static const char *flag_name(int c)
 		return "--socket-only";
 	if (c == 'J')
 		return "--json";
+	if (c == 'W')
+		return "--wait";
+	if (c == 'r')
+		return "--rate";
+	if (c == 'F')
+		return "--force";
+	if (c == 'C')
+		return "--commit-only";
 	snprintf(s, sizeof(s), "-%c", c);
 	return s;
 }
@@ -189,6 +201,17 @@ static int parse_num(const char *verb, int flag, const char *s, long min, long m
 		usage_error(verb, "bad %s '%s' (expected a number %ld..%ld)", flag_name(flag), s, min,
 			    max);
 	return (int)v;
+}
+
+/* --rate in MB/s (MiB/s, may be fractional) as bytes per second. */
+static unsigned long long parse_rate(const char *verb, const char *s)
+{
+	char *end;
+	double mb = strtod(s, &end);
+
+	if (end == s || *end || !(mb > 0) || mb > 1e9)
+		usage_error(verb, "bad --rate '%s' (expected MB/s > 0)", s);
+	return (unsigned long long)(mb * 1048576.0);
 }
 
 /* Check "type:path" has both halves (the daemon checks the type) and make
@@ -218,6 +241,10 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 	static const struct option longopts[] = {
 		{ "socket-only", no_argument, NULL, 'S' },
 		{ "json", no_argument, NULL, 'J' },
+		{ "wait", no_argument, NULL, 'W' },
+		{ "rate", required_argument, NULL, 'r' },
+		{ "force", no_argument, NULL, 'F' },
+		{ "commit-only", no_argument, NULL, 'C' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -247,6 +274,10 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		case 'd': o->device = optarg; break;
 		case 'S': o->socket_only = 1; break;
 		case 'J': o->json = 1; break;
+		case 'W': o->wait = 1; break;
+		case 'r': o->rate_bps = parse_rate(v->name, optarg); break;
+		case 'F': o->force = 1; break;
+		case 'C': o->commit_only = 1; break;
 		}
 	}
 	if (optind < argc)
