@@ -152,3 +152,18 @@ for f in sys.argv[1:]:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)' "$@"
 }
+
+# sha256 [FILE]: the hex digest of FILE or of standard input (OpenSSL's
+# through python: several times faster than sha256sum here).
+sha256() {
+	python3 -c '
+import hashlib, sys
+h = hashlib.sha256()
+f = open(sys.argv[1], "rb") if len(sys.argv) > 1 else sys.stdin.buffer
+while True:
+    b = f.read(1 << 22)
+    if not b:
+        break
+    h.update(b)
+print(h.hexdigest())' "$@"
+}

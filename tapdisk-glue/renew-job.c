@@ -229,18 +229,18 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	td_driver_t *drv = vbd->top ? vbd->top->driver : NULL;
 
 	if (j && tapdisk_renew_running(vbd)) {
-		snprintf(err, errlen, "renew: minor %d (%s): a renew is already running (%s, %llu of %llu bytes)",
+		snprintf(err, errlen, "minor %d (%s): a renew is already running (%s, %llu of %llu bytes)",
 			 vbd->minor, vbd->params, state_name(j->state),
 			 (unsigned long long)j->td.bytes_done, (unsigned long long)j->td.bytes_total);
 		return -EBUSY;
 	}
 	if (vbd->state != VBD_RUNNING || !drv) {
-		snprintf(err, errlen, "renew: minor %d: the disk is %s; unpause it first",
+		snprintf(err, errlen, "minor %d: the disk is %s; unpause it first",
 			 vbd->minor, tapdisk_vbd_state_name(vbd));
 		return -EAGAIN;
 	}
 	if (!drv->ops->td_renew_begin || (vbd->flags & TD_OPEN_RDONLY)) {
-		snprintf(err, errlen, "renew: %s: not a writable renew: overlay (nothing to commit)",
+		snprintf(err, errlen, "%s: not a writable renew: overlay (nothing to commit)",
 			 vbd->params);
 		return -EOPNOTSUPP;
 	}

@@ -51,3 +51,30 @@ for p in renew.copy.read:2:eio renew.copy.write:3:eio renew.copy:5:enospc; do
 	verify "error at $p"
 done
 ok "I/O errors during the copy: clear error, disk unchanged, renew works afterwards"
+
+# the daemon, killed during a live renew while a client writes
+cmds=()
+for i in $(seq 1 40); do cmds+=(-c "write -P $i $(( (i * 7 % 19) * 2097152 + i * 4096 )) 65536"); done
+for i in $(seq 1 40); do echo "$(( (i * 7 % 19) * 2097152 + i * 4096 )) 65536 $i"; done >"$T/writes"
+live=0
+for p in renew.copy:1 renew.copy:3 renew.copy:6 renew.copy.write:2 renew.before_rename:1 renew.after_rename:1 renew.reopen:1; do
+	rm -rf "$T/run"; cp -a "$T/orig" "$T/run"
+	RENEW_FAULT=$p start_disk "renew:$T/run/vm.vhd"
+	qemu-io -f raw "$(nbd_uri "$SOCK")" "${cmds[@]}" >"$T/qio" 2>&1 &
+	qpid=$!
+	wait_for 20 grep -q '^wrote' "$T/qio" || fail "$p: the writer did not start"
+	tapctl renew -p "$PID" -m "$MINOR" --wait >/dev/null 2>&1 && fail "$p: renew survived its kill"
+	wait $qpid
+	wait_for 10 sh -c "! kill -0 $PID" || fail "$p: the daemon is still there"
+	acked=$(grep -c '^wrote' "$T/qio")
+	img check "$T/run/vm.vhd" >"$T/check" || { cat "$T/check"; fail "live $p: check"; }
+	head -n "$acked" "$T/writes" | tests/apply-writes.py "$T/expect" "$T/want"
+	head -n $((acked + 1)) "$T/writes" | tests/apply-writes.py "$T/expect" "$T/want2"
+	start_disk "renew:$T/run/vm.vhd"
+	export_to "$SOCK" "$T/got"
+	tapctl destroy -p "$PID" -m "$MINOR" >/dev/null || fail "live $p: destroy"
+	cmp -s "$T/got" "$T/want" || cmp -s "$T/got" "$T/want2" || fail "live $p: $acked acknowledged writes did not all read back"
+	ls -A "$T/run" | grep -q renew-new && fail "live $p: temporary left behind after reopen"
+	live=$((live + 1))
+done
+ok "daemon killed at $live points of a live renew under writes: acknowledged writes survive"
