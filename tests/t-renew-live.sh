@@ -79,9 +79,39 @@ export_to "$SOCK" "$T/slow-after"
 same "$T/slow-after" "$T/slow-before"
 ok "second renew, close and destroy refused while a renew runs; pause and unpause during it"
 
-# a failing parent write: the renew fails, the guest keeps its disk
 tapctl destroy -p "$PID" -m "$MINOR" || fail destroy
 img check "$T/vm.vhd" >/dev/null || fail "check after the renews"
 img convert "$T/vm.vhd" "$T/conv"
 same "$T/conv" "$T/slow-after"
 ok "after destroy the image checks clean and converts to the same bytes"
+
+# the parent's filesystem fills up during the commit: the renew fails with
+# a clear error, the guest keeps running on its overlay, nothing is lost
+if mkdir -p "$T/small" && mount -t tmpfs -o size=24M tmpfs "$T/small" 2>/dev/null; then
+	truncate -s 64M "$T/small/base.raw"
+	img snapshot "$T/small/base.raw" "$T/s.vhd" >/dev/null
+	start_disk "renew:$T/s.vhd"
+	fio --name=fill --ioengine=nbd --uri="$(nbd_uri "$SOCK")" --rw=write --bs=1M --size=16M \
+		--iodepth=4 --output=/dev/null || fail "fio fill small"
+	export_to "$SOCK" "$T/s-before"
+	tapctl renew -p "$PID" -m "$MINOR" --rate 2 >/dev/null || fail "renew on the small parent"
+	dd if=/dev/zero of="$T/small/filler" bs=1M 2>/dev/null
+	wait_for 60 sh -c "! $BIN/tap-ctl-renew stats -p $PID -m $MINOR | grep -q '\"state\": \"copying\"'" ||
+		fail "the renew on a full filesystem did not end"
+	tapctl stats -p "$PID" -m "$MINOR" >"$T/stats"
+	python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["renew"]; assert r["state"] == "failed" and "No space" in r["error"], r' "$T/stats" ||
+		{ cat "$T/stats"; fail "the renew did not fail clearly on a full parent filesystem"; }
+	qio "$SOCK" "write -P 77 1M 64k" >/dev/null || fail "the guest cannot write after the failed renew"
+	printf '%s\n' "1M 64k 77" | tests/apply-writes.py "$T/s-before" "$T/s-want"
+	export_to "$SOCK" "$T/s-after"
+	same "$T/s-after" "$T/s-want"
+	rm -f "$T/small/filler"
+	tapctl renew -p "$PID" -m "$MINOR" --wait >/dev/null || fail "renew once there is room"
+	export_to "$SOCK" "$T/s-final"
+	same "$T/s-final" "$T/s-want"
+	tapctl destroy -p "$PID" -m "$MINOR" || fail destroy
+	umount "$T/small"
+	ok "parent filesystem full during the commit: clear error, guest still running, renew works once there is room"
+else
+	echo "note: cannot mount a small tmpfs here; the full-filesystem case is not run"
+fi
