@@ -39,6 +39,7 @@ bs=4k
 iodepth=8
 verify=crc32c
 verify_fatal=1
+verify_state_save=0
 rate_iops=1500
 [wide]
 size=48M
