@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install the Debian packages the build and the tests use, when missing.
 set -e
-pkgs="build-essential libaio-dev zlib1g-dev qemu-utils libnbd-bin nbdkit fio libvhdi-utils nbd-client valgrind util-linux e2fsprogs"
+pkgs="build-essential libaio-dev zlib1g-dev qemu-utils libnbd-bin nbdkit fio libvhdi-utils nbd-client valgrind util-linux e2fsprogs python3 clang libclang-rt-14-dev"
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
