@@ -28,5 +28,7 @@ int img_cmd_check(int argc, char **argv)
 		return img_fail_lib();
 	if (rc)
 		fprintf(stderr, "renew-img: check: %s: %d problem%s found\n", ops[0], rc, rc == 1 ? "" : "s");
+	else
+		printf("%s: no problems found\n", ops[0]);
 	return rc ? IMG_EXIT_FAIL : 0;
 }
