@@ -56,6 +56,7 @@ trap cleanup EXIT
 serve() {
 	local p=$1 s=$2
 	shift 2
+	rm -f "$s"  # a killed daemon leaves its socket behind
 	( exec $VG "$BIN/tapdisk-renew" --serve "$p" --socket "$s" "$@" ) 2>>"$T/tapdisk.log" &
 	SPID=$!
 	PIDS="$PIDS $SPID"
