@@ -340,7 +340,6 @@ int sched_run(void)
 	if (epfd < 0 && sched_init() < 0)
 		return -EBADF;
 	running = 1;
-	stopping = 0; /* a stop asked while no loop ran is for no loop */
 	while (!stopping) {
 		int n = epoll_wait(epfd, evs, 256, next_timeout());
 

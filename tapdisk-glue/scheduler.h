@@ -26,7 +26,8 @@ void sched_cancel_timer(int id);
 /* Call `cb` at the end of every loop iteration until removed. */
 int sched_add_hook(sched_hook_cb_t cb, void *arg);
 void sched_remove_hook(int id);
-/* Run until sched_stop() (called from a callback); returns 0. */
+/* Run until sched_stop(); returns 0. A stop asked before the loop runs
+ * makes the next sched_run() return after one iteration (tools rely on it). */
 int sched_run(void);
 void sched_stop(void);
 /* Make the next wait return at once: work was queued outside an fd

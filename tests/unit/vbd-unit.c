@@ -24,6 +24,8 @@ struct waiter {
 	int expect;
 };
 
+static int looping; /* sched_stop() is sticky: only stop a running loop */
+
 /* A request finished: note it; stop the loop once all expected are in. */
 static void req_cb(td_vbd_request_t *vreq, int err, void *arg)
 {
@@ -31,7 +33,7 @@ static void req_cb(td_vbd_request_t *vreq, int err, void *arg)
 
 	if (err && !w->err)
 		w->err = err;
-	if (++w->done == w->expect)
+	if (++w->done == w->expect && looping)
 		sched_stop();
 }
 
@@ -52,7 +54,9 @@ static void run(struct waiter *w)
 	if (w->done >= w->expect)
 		return;
 	t = sched_timer(10000, timeout_cb, &fired);
+	looping = 1;
 	sched_run();
+	looping = 0;
 	sched_cancel_timer(t);
 	CHECK(!fired, "timed out with %d of %d callbacks", w->done, w->expect);
 }
