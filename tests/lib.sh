@@ -13,6 +13,8 @@ PIDS=""
 # With VALGRIND=1 the programs run under valgrind, failing on any error.
 if [ "${VALGRIND:-}" = 1 ]; then
 	VG="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+	# daemons spawned by tap-ctl-renew too, each reporting into $T/vg.PID
+	export RENEW_TAPDISK_WRAPPER="valgrind -q --leak-check=full --errors-for-leak-kinds=definite --log-file=$T/vg.%p"
 else
 	VG=""
 fi
@@ -46,6 +48,11 @@ cleanup() {
 	local rc=$?
 	for p in $PIDS; do kill "$p" 2>/dev/null; done
 	for p in $PIDS; do wait_for 5 sh -c "! kill -0 $p" || kill -9 "$p" 2>/dev/null; done
+	if [ -n "$VG" ] && [ $rc -eq 0 ] && cat "$T"/vg.* 2>/dev/null | grep -q .; then
+		cat "$T"/vg.*
+		echo "FAIL: valgrind reported errors in a spawned daemon"
+		rc=1
+	fi
 	if [ $rc -eq 0 ] || [ $rc -eq 77 ]; then rm -rf "$T"; else echo "kept $T"; fi
 	exit $rc
 }

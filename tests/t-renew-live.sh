@@ -23,7 +23,7 @@ export_to "$SOCK" "$T/after"
 same "$T/after" "$T/before"
 same "$T/base.raw" "$T/before"
 [ "$(stat -c %i "$T/vm.vhd")" != "$ino" ] || fail "same inode after renew"
-wait_for 10 sh -c "! ls -l /proc/$PID/fd | grep -q deleted" || fail "the old overlay is still open"
+wait_for 10 sh -c "! ls -l /proc/$PID/fd | grep -q 'vm.vhd (deleted)'" || fail "the old overlay is still open"
 img info --json "$T/vm.vhd" | python3 -c 'import json,sys; j=json.load(sys.stdin); assert j["allocated_bytes"] == 0, j' ||
 	fail "the fresh overlay is not empty"
 ok "renew on a quiet disk: same bytes, parent complete, fresh overlay, old one closed"
