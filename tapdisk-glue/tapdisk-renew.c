@@ -80,18 +80,10 @@ static void on_signal(int fd, int events, void *arg)
 	list_for_each_safe(p, n, tapdisk_vbd_list()) {
 		td_vbd_t *vbd = list_entry(p, td_vbd_t, entry);
 
-		if (vbd->state == VBD_RUNNING)
-			tapdisk_vbd_pause(vbd, NULL, NULL);
+		if (vbd->state == VBD_RUNNING || vbd->state == VBD_PAUSING)
+			tapdisk_vbd_hold(vbd, vbd_quiesced, NULL);
 	}
 	vbd_quiesced(NULL, NULL);
-	list_for_each_safe(p, n, tapdisk_vbd_list()) {
-		td_vbd_t *vbd = list_entry(p, td_vbd_t, entry);
-
-		if (vbd->state == VBD_PAUSING) {
-			vbd->quiesced = vbd_quiesced;
-			vbd->quiesced_arg = NULL;
-		}
-	}
 }
 
 /* Route SIGTERM and SIGINT through the event loop; ignore SIGPIPE. */

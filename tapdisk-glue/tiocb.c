@@ -229,6 +229,23 @@ static void aio_submit_hook(void *arg)
 	}
 }
 
+/* A short transfer: a write stopped by a full disk should say so, so
+ * write the rest once, synchronously (an error path), and report its
+ * errno; a short read is past the end of the file. */
+static int short_io_error(const struct iocb *io, long long done)
+{
+	long long left = (long long)expected_bytes(io) - done;
+	ssize_t r;
+
+	if (io->aio_lio_opcode != IO_CMD_PWRITE || done < 0 || left <= 0)
+		return -EIO;
+	r = pwrite(io->aio_fildes, (char *)io->u.c.buf + done, (size_t)left,
+		   io->u.c.offset + done);
+	if (r == left)
+		return 0;
+	return r < 0 ? -errno : -ENOSPC;
+}
+
 /* One completion: call its tiocb back with 0 or a negative errno. */
 static void event_done(const struct io_event *ev)
 {
@@ -239,7 +256,7 @@ static void event_done(const struct io_event *ev)
 	if (res < 0)
 		err = (int)res;
 	else if (res != expected_bytes(&t->iocb))
-		err = -EIO; /* short read or write */
+		err = short_io_error(&t->iocb, res);
 	tiocb_done(t, err);
 }
 

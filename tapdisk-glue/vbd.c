@@ -20,6 +20,13 @@
 
 enum { PH_DATA = 0, PH_FLUSH = 1 };
 
+/* Someone waiting for the vbd to be quiesced. */
+struct vbd_waiter {
+	void (*done)(td_vbd_t *vbd, void *arg);
+	void *arg;
+	struct vbd_waiter *next;
+};
+
 static struct list_head vbds = LIST_HEAD_INIT(vbds);
 static char *zero_buf;
 static struct list_head deferred = LIST_HEAD_INIT(deferred);
@@ -346,6 +353,12 @@ void tapdisk_vbd_free(td_vbd_t *vbd)
 		return; /* could not close: leak rather than free what is in use */
 	/* deferred completions of this vbd have been delivered or are not ours */
 	list_del(&vbd->entry);
+	while (vbd->waiters) {
+		struct vbd_waiter *w = vbd->waiters;
+
+		vbd->waiters = w->next;
+		free(w);
+	}
 	free(vbd->params);
 	free(vbd);
 }
@@ -391,17 +404,25 @@ static void vreq_callback(td_vbd_request_t *vreq)
 }
 
 /* Once nothing is in flight, a pausing vbd is paused: say so. */
+/* Tell every waiter, in the order they asked. */
+static void call_waiters(td_vbd_t *vbd)
+{
+	while (vbd->waiters) {
+		struct vbd_waiter *w = vbd->waiters;
+
+		vbd->waiters = w->next;
+		if (w->done)
+			w->done(vbd, w->arg);
+		free(w);
+	}
+}
+
 static void check_quiesced(td_vbd_t *vbd)
 {
-	void (*cb)(td_vbd_t *, void *);
-
 	if (vbd->state != VBD_PAUSING || !list_empty(&vbd->inflight))
 		return;
 	vbd->state = VBD_PAUSED;
-	cb = vbd->quiesced;
-	vbd->quiesced = NULL;
-	if (cb)
-		cb(vbd, vbd->quiesced_arg);
+	call_waiters(vbd);
 }
 
 /* Account a finished request and call its client back. */
@@ -682,17 +703,41 @@ void td_forward_request(td_request_t treq)
 	drv->ops->td_queue_read(drv, treq);
 }
 
-void tapdisk_vbd_pause(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg)
+/* Queue `done` for when the vbd is quiesced, and start quiescing. */
+static void vbd_quiesce(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg)
 {
-	if (vbd->state == VBD_PAUSED) {
+	struct vbd_waiter *w, **tail = &vbd->waiters;
+
+	if (vbd->state == VBD_PAUSED && !vbd->waiters) {
 		if (done)
 			done(vbd, arg);
 		return;
 	}
-	vbd->state = VBD_PAUSING;
-	vbd->quiesced = done;
-	vbd->quiesced_arg = arg;
+	w = calloc(1, sizeof(*w));
+	if (w) {
+		w->done = done;
+		w->arg = arg;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = w;
+	} else {
+		EPRINTF("pause: minor %d: out of memory; the caller is not told", vbd->minor);
+	}
+	if (vbd->state == VBD_RUNNING)
+		vbd->state = VBD_PAUSING;
 	check_quiesced(vbd);
+}
+
+void tapdisk_vbd_pause(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg)
+{
+	vbd->admin_paused = 1;
+	vbd_quiesce(vbd, done, arg);
+}
+
+void tapdisk_vbd_hold(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg)
+{
+	vbd->holds++;
+	vbd_quiesce(vbd, done, arg);
 }
 
 /* Issue the requests held while paused, oldest first. */
@@ -720,10 +765,16 @@ static void release_held(td_vbd_t *vbd)
 	}
 }
 
-int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t errlen)
+/* Reopen `params` when given (the vbd must be paused), then run again if
+ * nobody else holds the vbd paused. */
+static int vbd_resume(td_vbd_t *vbd, const char *params, char *err, size_t errlen)
 {
 	if (vbd->state == VBD_RUNNING && !params)
 		return 0;
+	if (params && vbd->state == VBD_PAUSING) {
+		set_err(err, errlen, "unpause: minor %d is still pausing; try again", vbd->minor);
+		return -EAGAIN;
+	}
 	if (params && vbd->state != VBD_PAUSED) {
 		set_err(err, errlen, "unpause: minor %d is %s, not paused", vbd->minor,
 			tapdisk_vbd_state_name(vbd));
@@ -760,10 +811,26 @@ int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t err
 		set_err(err, errlen, "unpause: minor %d has no image open", vbd->minor);
 		return -ENODEV;
 	}
+	if (vbd->admin_paused || vbd->holds)
+		return 0;
 	vbd->state = VBD_RUNNING;
-	vbd->quiesced = NULL;
+	/* a pause that had not quiesced yet is over as well */
+	call_waiters(vbd);
 	release_held(vbd);
 	return 0;
+}
+
+int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t errlen)
+{
+	vbd->admin_paused = 0;
+	return vbd_resume(vbd, params, err, errlen);
+}
+
+int tapdisk_vbd_release(td_vbd_t *vbd, const char *params, char *err, size_t errlen)
+{
+	if (vbd->holds > 0)
+		vbd->holds--;
+	return vbd_resume(vbd, params, err, errlen);
 }
 
 /* Append `s` to `out` as a JSON string. */

@@ -62,8 +62,9 @@ struct td_vbd_handle {
 	struct list_head held;   /* requests held while paused */
 	struct list_head inflight;
 	struct td_vbd_stats stats;
-	void (*quiesced)(td_vbd_t *vbd, void *arg);
-	void *quiesced_arg;
+	struct vbd_waiter *waiters; /* told when the vbd is quiesced */
+	int admin_paused;        /* tap-ctl pause (a flag: pause is idempotent) */
+	int holds;               /* internal pauses (renew, shutdown): counted */
 	void *nbd;               /* the NBD export of this vbd, if any */
 	struct list_head entry;  /* all vbds of the daemon */
 };
@@ -79,8 +80,14 @@ void tapdisk_vbd_queue(td_vbd_t *vbd, td_vbd_request_t *vreq);
 /* Hold new requests and call `done` once nothing is in flight (maybe at once). */
 void tapdisk_vbd_pause(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg);
 /* Resume; with `params` non-NULL, first close the chain and open `params`
- * instead (tap-ctl unpause -a). On a failed reopen the vbd stays paused. */
+ * instead (tap-ctl unpause -a). On a failed reopen the vbd stays paused.
+ * The vbd runs again only once no internal hold remains. */
 int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t errlen);
+/* An internal pause (renew's swap, shutdown), counted apart from the
+ * admin's: an admin unpause cannot end it, nor it an admin pause. */
+void tapdisk_vbd_hold(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg);
+/* End one hold, reopening `params` first when non-NULL. */
+int tapdisk_vbd_release(td_vbd_t *vbd, const char *params, char *err, size_t errlen);
 /* Run the aio queue until nothing of the vbd is in flight (at most
  * `timeout_ms`); for callers outside the event loop. 0 or -ETIMEDOUT. */
 int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms);
