@@ -7,20 +7,6 @@
 #include <unistd.h>
 #include "vhd.h"
 
-/* pwrite all of it or report which step of which file failed. */
-static int put(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
-{
-	ssize_t n;
-
-	if (img->rdonly)
-		return vhd_fail(EROFS, "write: %s: opened read-only", img->path);
-	n = pwrite(img->fd, buf, len, (off_t)off);
-	if (n == (ssize_t)len)
-		return 0;
-	return vhd_fail(n < 0 ? errno : EIO, "write: %s: %s at %llu: %s", img->path, what,
-			(unsigned long long)off, n < 0 ? strerror(errno) : "short write");
-}
-
 /* Refuse block numbers beyond the virtual size before touching the BAT. */
 static int check_blk(const struct vhd_image *img, uint32_t blk, const char *op)
 {
@@ -56,13 +42,13 @@ int vhd_write_bitmap(struct vhd_image *img, uint32_t blk, const uint8_t *bm)
 		return rc;
 	if (!vhd_block_allocated(img, blk))
 		return vhd_fail(ENOENT, "write: %s: block %u is not allocated", img->path, blk);
-	return put(img, bm, vhd_bitmap_bytes(img), vhd_block_bitmap_off(img, blk), "bitmap");
+	return vhd_write_at(img, bm, vhd_bitmap_bytes(img), vhd_block_bitmap_off(img, blk), "bitmap");
 }
 
 /* Step 2 of allocation: the bitmap of a block whose BAT entry is not yet written. */
 int vhd_write_bitmap_at(struct vhd_image *img, uint32_t bm_sec, const uint8_t *bm)
 {
-	return put(img, bm, vhd_bitmap_bytes(img), (uint64_t)bm_sec << VHD_SECTOR_SHIFT, "bitmap");
+	return vhd_write_at(img, bm, vhd_bitmap_bytes(img), (uint64_t)bm_sec << VHD_SECTOR_SHIFT, "bitmap");
 }
 
 /* Re-encode the 512-byte BAT sector holding `blk` from memory; the padding
@@ -75,7 +61,7 @@ int vhd_write_bat_entry(struct vhd_image *img, uint32_t blk)
 	memset(sec, 0xff, sizeof(sec));
 	for (uint32_t i = 0; i < VHD_SECTOR_SIZE / 4 && first + i < img->header.max_bat_size; i++)
 		vhd_put_be32(sec + 4 * i, img->bat[first + i]);
-	return put(img, sec, sizeof(sec), img->header.table_offset + (uint64_t)first * 4, "BAT sector");
+	return vhd_write_at(img, sec, sizeof(sec), img->header.table_offset + (uint64_t)first * 4, "BAT sector");
 }
 
 /* Step 1: place the block at the end (data 4 KiB-aligned) and write the
@@ -95,7 +81,7 @@ int vhd_alloc_reserve(struct vhd_image *img, uint32_t blk, uint32_t *bm_sec)
 	if ((off >> VHD_SECTOR_SHIFT) >= VHD_BAT_UNUSED)
 		return vhd_fail(EFBIG, "allocate: %s: file would pass the 2 TiB the BAT can address", img->path);
 	vhd_footer_encode(&img->footer, foot);
-	if ((rc = put(img, foot, sizeof(foot), end, "end footer")))
+	if ((rc = vhd_write_at(img, foot, sizeof(foot), end, "end footer")))
 		return rc;
 	img->footer_off = end;
 	*bm_sec = (uint32_t)(off >> VHD_SECTOR_SHIFT);

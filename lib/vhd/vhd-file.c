@@ -229,7 +229,7 @@ int vhd_probe(const char *path)
 }
 
 /* Write a whole buffer at an offset, naming the operation on failure. */
-static int write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
+int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	ssize_t n;
 
@@ -250,9 +250,9 @@ int vhd_write_footers(struct vhd_image *img)
 
 	vhd_footer_encode(&img->footer, buf);
 	img->footer.checksum = vhd_be32(buf + 64);
-	if ((rc = write_at(img, buf, 512, img->footer_off, "end footer")))
+	if ((rc = vhd_write_at(img, buf, 512, img->footer_off, "end footer")))
 		return rc;
-	return write_at(img, buf, 512, 0, "footer copy");
+	return vhd_write_at(img, buf, 512, 0, "footer copy");
 }
 
 /* The dynamic header where the footer says it lives. */
@@ -262,5 +262,5 @@ int vhd_write_header(struct vhd_image *img)
 
 	vhd_header_encode(&img->header, buf);
 	img->header.checksum = vhd_be32(buf + 36);
-	return write_at(img, buf, sizeof(buf), img->footer.data_offset, "header");
+	return vhd_write_at(img, buf, sizeof(buf), img->footer.data_offset, "header");
 }

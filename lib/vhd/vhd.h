@@ -167,6 +167,9 @@ int vhd_alloc_commit(struct vhd_image *img, uint32_t blk, uint32_t bm_sec);
 /* All three at once with an empty-data bitmap `bm` (synchronous tools). */
 int vhd_alloc_block(struct vhd_image *img, uint32_t blk, const uint8_t *bm);
 
+/* Write all of `buf` at `off` through the metadata descriptor; the error
+ * names the file and `what` was being written. */
+int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what);
 /* Write the footer at footer_off and the copy at 0. */
 int vhd_write_footers(struct vhd_image *img);
 int vhd_write_header(struct vhd_image *img);
