@@ -69,12 +69,15 @@ serve() {
 	PIDS="$PIDS $SPID"
 	wait_for 20 test -S "$s" || { cat "$T/tapdisk.log"; fail "serve $p: no socket $s"; }
 }
-# unserve: stop the daemon started by serve (SIGTERM) and wait for it.
+# unserve [PID SOCK]: SIGTERM must drain, exit 0 and remove the socket
+# (default: the daemon serve started last).
 unserve() {
-	kill "$SPID" 2>/dev/null
-	wait "$SPID" 2>/dev/null
+	local pid=${1:-$SPID} sock=${2:-}
+	kill -TERM "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
 	local rc=$?
-	[ $rc -eq 0 ] || [ $rc -eq 143 ] || fail "tapdisk-renew exited with $rc"
+	[ $rc -eq 0 ] || { tail -20 "$T/tapdisk.log"; fail "tapdisk-renew $pid exited with $rc"; }
+	[ -z "$sock" ] || [ ! -e "$sock" ] || fail "socket $sock left behind"
 }
 # export_to SOCK FILE: the whole export copied into FILE.
 export_to() { nbdcopy "$(nbd_uri "$1")" "$2" || fail "nbdcopy from $1"; }

@@ -9,32 +9,15 @@ for t in qemu-io nbdcopy python3; do command -v $t >/dev/null || skip "$t not in
 SIZE=$((32 * 1024 * 1024))
 WIRE=$TOP/tests/nbd-wire.py
 
-# serve PARAMS SOCK [ARGS]: the daemon in the background; its pid in DPID.
-serve() {
-	local params=$1 sock=$2
-	shift 2
-	( exec $VG "$BIN/tapdisk-renew" --serve "$params" --socket "$sock" "$@" ) >>"$T/daemon.log" 2>&1 &
-	DPID=$!
-	PIDS="$PIDS $DPID"
-	wait_for 30 test -S "$sock" || { cat "$T/daemon.log"; fail "no socket $sock"; }
-}
-# stop PID SOCK: SIGTERM must exit 0 (valgrind-clean under VALGRIND=1).
-stop() {
-	kill -TERM "$1"
-	wait "$1"
-	local rc=$?
-	[ $rc -eq 0 ] || { tail -30 "$T/daemon.log"; fail "daemon $1 exited $rc"; }
-	[ ! -e "$2" ] || fail "socket $2 left behind"
-}
 wire() { timeout 300 python3 "$WIRE" "$@" || fail "scenario $2"; }
-alive() { kill -0 "$1" 2>/dev/null || { tail -30 "$T/daemon.log"; fail "daemon died after $2"; }; }
+alive() { kill -0 "$1" 2>/dev/null || { tail -30 "$T/tapdisk.log"; fail "daemon died after $2"; }; }
 
 head -c $SIZE /dev/urandom >"$T/rw.raw"
 head -c $SIZE /dev/urandom >"$T/ro.raw"
 serve "aio:$T/rw.raw" "$T/rw.sock"
-RW=$DPID
+RW=$SPID
 serve "aio:$T/ro.raw" "$T/ro.sock" --read-only
-RO=$DPID
+RO=$SPID
 
 # a crowd of half-open connections stays while everything else happens
 mkfifo "$T/hold"
@@ -68,6 +51,6 @@ ok "both exports serve correct data afterwards"
 
 exec 9>&-
 wait $IDLE
-stop $RW "$T/rw.sock"
-stop $RO "$T/ro.sock"
+unserve $RW "$T/rw.sock"
+unserve $RO "$T/ro.sock"
 ok "both daemons exit 0 on SIGTERM, sockets removed"

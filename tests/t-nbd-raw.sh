@@ -10,24 +10,6 @@ DISK=$T/disk.raw
 SOCK=$T/nbd.sock
 URI=$(nbd_uri "$SOCK")
 
-# serve PARAMS SOCK [ARGS]: the daemon in the background, as DPID.
-serve() {
-	local params=$1 sock=$2
-	shift 2
-	( exec $VG "$BIN/tapdisk-renew" --serve "$params" --socket "$sock" "$@" ) >>"$T/daemon.log" 2>&1 &
-	DPID=$!
-	PIDS="$PIDS $DPID"
-	wait_for 30 test -S "$sock" || { cat "$T/daemon.log"; fail "no socket $sock"; }
-}
-# stop_daemon: SIGTERM must drain and exit 0, removing the socket.
-stop_daemon() {
-	kill -TERM "$DPID"
-	wait "$DPID"
-	local rc=$?
-	[ $rc -eq 0 ] || { tail -20 "$T/daemon.log"; fail "daemon exited $rc"; }
-	[ ! -e "$SOCK" ] || fail "socket $SOCK left behind"
-	ok "SIGTERM: daemon exited 0, socket removed"
-}
 qio() { timeout 120 qemu-io -f raw "$@" "$URI" >"$T/qio.out" 2>&1 || { cat "$T/qio.out"; fail "qemu-io $*"; }; }
 # file_bytes OFF LEN: bytes of the disk file.
 file_bytes() { dd if="$DISK" bs=512 skip=$(($1 / 512)) count=$(($2 / 512)) status=none; }
@@ -127,7 +109,7 @@ for i in 0 1 2 3 4 5 6 7; do
 	qemu-io -f raw -c "write -P $((i + 1)) $((i * 4 * MB)) $((4 * MB))" "$URI" >"$T/par$i.out" 2>&1 &
 done
 wait_rc=0
-for j in $(jobs -p); do [ "$j" = "$DPID" ] || wait "$j" || wait_rc=1; done
+for j in $(jobs -p); do [ "$j" = "$SPID" ] || wait "$j" || wait_rc=1; done
 [ $wait_rc -eq 0 ] || fail "parallel qemu-io"
 for i in 0 1 2 3 4 5 6 7; do
 	[ "$(file_bytes $((i * 4 * MB)) $((4 * MB)) | hsh)" = "$(pattern $((i + 1)) $((4 * MB)) | hsh)" ] ||
@@ -148,4 +130,5 @@ wait $IDLE
 ok "DISC: clients exit 0 while 10 half-open connections are held; daemon keeps serving"
 nbdinfo "$URI" >/dev/null || fail "serving after DISC"
 
-stop_daemon
+unserve "$SPID" "$SOCK"
+ok "SIGTERM: daemon exited 0, socket removed"
