@@ -13,12 +13,5 @@ gone() {
 lsrun() { ls -A "$RENEW_RUNDIR" | grep -v '^\.create\.lock$' || true; }
 # field NAME LINE: the value of NAME=... in a tap-ctl list line.
 field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-# qio SOCK CMD...: qemu-io on an NBD socket (raw, no probing), one -c per CMD.
-qio() {
-	local sock=$1 a=()
-	shift
-	for c in "$@"; do a+=(-c "$c"); done
-	qemu-io -f raw "$(nbd_uri "$sock")" "${a[@]}"
-}
 # json_get FILE EXPR: evaluate a python expression on the JSON in FILE (as j).
 json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
