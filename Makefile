@@ -7,9 +7,11 @@
 
 CC      ?= cc
 PREFIX  ?= /usr/local
+MANDIR  ?= $(PREFIX)/share/man
+XEN_SCRIPTS ?= /etc/xen/scripts
 CFLAGS  ?= -O2 -g
 WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
-CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib/vhd -Ilib/ctl -Itapdisk-glue
+CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib/vhd -Ilib/ctl -Ilib/history -Itapdisk-glue
 LDLIBS   = -laio -lz -pthread
 BUILD   ?= build
 BINDIR  ?= bin
@@ -23,6 +25,7 @@ endif
 
 VHD_SRC   := $(wildcard lib/vhd/*.c)
 CTL_SRC   := $(wildcard lib/ctl/*.c)
+HIST_SRC  := $(wildcard lib/history/*.c)
 RT_SRC    := $(filter-out tapdisk-glue/tapdisk-renew.c,$(wildcard tapdisk-glue/*.c)) $(wildcard drivers/*.c)
 IMG_SRC   := $(wildcard tools/renew-img*.c tools/img-*.c)
 TCTL_SRC  := $(wildcard tools/tap-ctl-renew*.c tools/ctl-*.c)
@@ -32,6 +35,7 @@ obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 
 LIBVHD := $(BUILD)/libvhd.a
 LIBCTL := $(BUILD)/libctl.a
+LIBHIST := $(BUILD)/libhist.a
 LIBRT  := $(BUILD)/libtd.a
 PROGS  := $(BINDIR)/tapdisk-renew $(BINDIR)/tap-ctl-renew $(BINDIR)/renew-img
 UNITS  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -48,32 +52,51 @@ $(LIBCTL): $(call obj,$(CTL_SRC))
 	@rm -f $@; $(AR) rcs $@ $^
 $(LIBRT): $(call obj,$(RT_SRC))
 	@rm -f $@; $(AR) rcs $@ $^
+$(LIBHIST): $(call obj,$(HIST_SRC))
+	@rm -f $@; $(AR) rcs $@ $^
 
-$(BINDIR)/tapdisk-renew: $(call obj,tapdisk-glue/tapdisk-renew.c) $(LIBRT) $(LIBCTL) $(LIBVHD)
+$(BINDIR)/tapdisk-renew: $(call obj,tapdisk-glue/tapdisk-renew.c) $(LIBRT) $(LIBHIST) $(LIBCTL) $(LIBVHD)
 	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 $(BINDIR)/tap-ctl-renew: $(call obj,$(TCTL_SRC)) $(LIBCTL)
 	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BINDIR)/renew-img: $(call obj,$(IMG_SRC)) $(LIBRT) $(LIBCTL) $(LIBVHD)
+$(BINDIR)/renew-img: $(call obj,$(IMG_SRC)) $(LIBRT) $(LIBHIST) $(LIBCTL) $(LIBVHD)
 	@mkdir -p $(BINDIR)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIBRT) $(LIBCTL) $(LIBVHD)
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIBRT) $(LIBHIST) $(LIBCTL) $(LIBVHD)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 deps:
 	@tests/install-deps.sh
 
+demo: deps all
+	@scripts/demo.sh
+
 check: deps all
 	@BUILD=$(BUILD) BINDIR=$(BINDIR) VALGRIND=$(VALGRIND) tests/run $(TESTS)
+
+# A Linux guest under QEMU on our NBD export, renewed live (tests/vm/).
+check-vm: all
+	@BINDIR=$(BINDIR) tests/vm/check-vm.sh
+
+# A Xen 4.17 host under QEMU: xl block-attach, live renew, detach (tests/xen/).
+check-xen: all
+	@BINDIR=$(BINDIR) tests/xen/check-xen.sh
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BINDIR)/tapdisk-renew $(BINDIR)/tap-ctl-renew $(DESTDIR)$(PREFIX)/sbin/
 	install -m 0755 $(BINDIR)/renew-img $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(XEN_SCRIPTS) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	sed 's|^RENEW_SBIN=.*|RENEW_SBIN=$(PREFIX)/sbin|' scripts/block-renew >$(DESTDIR)$(XEN_SCRIPTS)/block-renew
+	chmod 0755 $(DESTDIR)$(XEN_SCRIPTS)/block-renew
+	@scripts/install-tap-ctl "$(DESTDIR)" "$(PREFIX)"
+	install -m 0644 man/renew-img.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 man/tapdisk-renew.8 man/tap-ctl-renew.8 $(DESTDIR)$(MANDIR)/man8/
 
 clean:
 	rm -rf build build-san bin bin-san
 
-.PHONY: all deps check install clean
+.PHONY: all deps demo check install clean check-vm check-xen
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -233,6 +233,8 @@ static void renew_queue_read(td_driver_t *drv, td_request_t treq)
 	struct renew_state *s = drv->data;
 	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;
 
+	if (s->copy)
+		renew_copy_note_guest(s);
 	while (sec < end) {
 		uint32_t blk = (uint32_t)(sec / s->vhd.spb);
 		td_sector_t blk_end = ((td_sector_t)blk + 1) * s->vhd.spb;

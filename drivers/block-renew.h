@@ -59,6 +59,8 @@ void renew_flush_local(struct renew_state *s, td_request_t treq);
 /* renew-copy.c, for block-renew.c */
 /* A guest write during a commit: to the overlay and to the parent. */
 void renew_copy_write(struct renew_state *s, td_request_t treq);
+/* A guest read during a commit: the copier yields to a busy guest. */
+void renew_copy_note_guest(struct renew_state *s);
 /* A guest flush during a commit: the parent too. */
 void renew_copy_flush(struct renew_state *s, td_request_t treq);
 int renew_copy_begin(struct renew_state *s, struct td_renew_job *job);

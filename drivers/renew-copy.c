@@ -33,6 +33,10 @@
 #include "scheduler.h"
 
 #define COPY_SLOTS 8
+/* The guest counts as busy for this long after its last request: then the
+ * copier keeps one block in flight and rests as long as each block took,
+ * so the guest keeps at least half of the disk's time. */
+#define GUEST_BUSY_NS (100 * 1000000ull)
 
 enum slot_state { SLOT_FREE = 0, SLOT_DRAIN, SLOT_READ, SLOT_WRITE };
 
@@ -44,6 +48,7 @@ struct copy_slot {
 	int state;
 	uint32_t blk;
 	int pending;
+	uint64_t start_ns;
 	char *buf;                     /* the block's data, 4 KiB-aligned */
 	uint8_t bm[VHD_BITMAP_BYTES];
 	struct tiocb tiocb;
@@ -88,6 +93,8 @@ struct renew_copy {
 	int err;
 	int finishing;
 	uint64_t start_ns, issued;     /* for --rate */
+	uint64_t last_guest_ns;        /* the guest's last request */
+	uint64_t next_claim_ns;        /* a busy guest's turn ends here */
 	int rate_timer;
 	char *swap_dir;
 };
@@ -182,11 +189,17 @@ static void wt_hold(struct renew_copy *c, td_request_t p)
 	*tail = h;
 }
 
+void renew_copy_note_guest(struct renew_state *s)
+{
+	s->copy->last_guest_ns = sched_now_ns();
+}
+
 void renew_copy_write(struct renew_state *s, td_request_t treq)
 {
 	struct renew_copy *c = s->copy;
 	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;
 
+	c->last_guest_ns = sched_now_ns();
 	while (sec < end) {
 		uint32_t blk = (uint32_t)(sec / s->vhd.spb);
 		td_sector_t blk_end = ((td_sector_t)blk + 1) * s->vhd.spb;
@@ -275,6 +288,8 @@ static void slot_put(struct copy_slot *slot)
 		return;
 	slot->state = SLOT_FREE;
 	c->busy--;
+	/* a busy guest gets as much time as this block took */
+	c->next_claim_ns = sched_now_ns() * 2 - slot->start_ns;
 	c->job->bytes_done += (uint64_t)c->s->vhd.spb << VHD_SECTOR_SHIFT;
 	claimed_set(c, blk, 0);
 	wt_release(c, blk);
@@ -414,15 +429,23 @@ static void copy_pump(struct renew_copy *c)
 {
 	struct renew_state *s = c->s;
 	uint64_t block_bytes = (uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT, wait_ms;
+	uint64_t now = sched_now_ns();
+	int guest_busy = now - c->last_guest_ns < GUEST_BUSY_NS;
+	int max_busy = guest_busy ? 1 : COPY_SLOTS;
 
 	for (int i = 0; i < COPY_SLOTS; i++)
 		if (c->slots[i].state == SLOT_DRAIN && !c->wr_inflight[c->slots[i].blk])
 			slot_start_read(&c->slots[i]);
-	while (!c->err && !c->finishing && c->busy < COPY_SLOTS && c->next_blk < s->vhd.bat_entries) {
+	while (!c->err && !c->finishing && c->busy < max_busy && c->next_blk < s->vhd.bat_entries) {
 		struct copy_slot *slot = NULL;
 		uint32_t blk;
 		int r;
 
+		if (guest_busy && now < c->next_claim_ns) {
+			if (!c->rate_timer)
+				c->rate_timer = sched_timer((c->next_claim_ns - now) / 1000000 + 1, rate_tick, c);
+			break;
+		}
 		if (!rate_allows(c, &wait_ms)) {
 			if (!c->rate_timer)
 				c->rate_timer = sched_timer(wait_ms, rate_tick, c);
@@ -442,6 +465,7 @@ static void copy_pump(struct renew_copy *c)
 				slot = &c->slots[i];
 		slot->blk = blk;
 		slot->pending = 0;
+		slot->start_ns = now;
 		c->busy++;
 		c->issued += block_bytes;
 		claimed_set(c, blk, 1);
@@ -807,6 +831,34 @@ fail:
 	return r;
 }
 
+/* History: give the old overlay a name in the history directory, durable
+ * before the rename, so once the commit point is passed it cannot be lost.
+ * A link and a directory fsync: the pause does not grow with the overlay. */
+static int keep_overlay(struct renew_copy *c)
+{
+	const char *keep = c->job->keep_path;
+	char *dir;
+	int dfd, err = td_fault("history.link");
+
+	if (!err && link(c->s->vhd.path, keep))
+		err = -errno;
+	if (err) {
+		EPRINTF("renew: %s: keep the old overlay as %s: %s", c->s->vhd.path, keep, strerror(-err));
+		return err;
+	}
+	dir = strdup(keep);
+	dfd = dir ? open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	if (dfd < 0 || fsync(dfd)) {
+		err = dir ? -errno : -ENOMEM;
+		EPRINTF("renew: %s: fsync the directory of %s: %s", c->s->vhd.path, keep, strerror(-err));
+		unlink(keep);
+	}
+	if (dfd >= 0)
+		close(dfd);
+	free(dir);
+	return err;
+}
+
 /* The parent is durable: the rename makes the fresh overlay the disk. */
 static void swap_flushed(td_request_t treq, int err)
 {
@@ -820,10 +872,16 @@ static void swap_flushed(td_request_t treq, int err)
 		td_renew_swapped(c->job, err);
 		return;
 	}
+	if (c->job->keep_path && (err = keep_overlay(c))) {
+		td_renew_swapped(c->job, err);
+		return;
+	}
 	td_fault("renew.before_rename");
 	if (rename(c->tmp_path, s->vhd.path)) {
 		err = -errno;
 		EPRINTF("renew: %s: rename %s over it: %s", s->vhd.path, c->tmp_path, strerror(errno));
+		if (c->job->keep_path)
+			unlink(c->job->keep_path);  /* the overlay stays the disk */
 		td_renew_swapped(c->job, err);
 		return;
 	}

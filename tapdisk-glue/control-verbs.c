@@ -11,6 +11,7 @@
 #include "ctl-proto.h"
 #include "list.h"
 #include "nbd-server.h"
+#include "renew-history.h"
 #include "renew-job.h"
 #include "scheduler.h"
 #include "tapdisk.h"
@@ -216,6 +217,7 @@ static int verb_detach(struct ctl_req *r)
 	tapdisk_renew_forget(vbd);
 	tapdisk_vbd_free(vbd);
 	device_forget(minor);
+	renew_history_set_default(minor, NULL);
 	ctl_reply_ok(&r->rep);
 	if (ever_attached && list_empty(tapdisk_vbd_list())) {
 		ctl_msg_set(&r->rep, "exiting", "1");
@@ -254,6 +256,7 @@ static int verb_open(struct ctl_req *r)
 	td_vbd_t *vbd = get_vbd(r);
 	const char *params = ctl_msg_get(r->req, "params");
 	const char *ro = ctl_msg_get(r->req, "ro");
+	const char *history = ctl_msg_get(r->req, "history");
 	char err[CTL_ERRLEN] = "";
 	int rc;
 
@@ -271,6 +274,15 @@ static int verb_open(struct ctl_req *r)
 	}
 	if (check_params(r, params))
 		return 0;
+	if (history && history[0] != '/') {
+		ctl_reply_error(&r->rep, EINVAL, "minor %d: history '%s' is not an absolute path",
+				vbd->minor, history);
+		return 0;
+	}
+	if (renew_history_set_default(vbd->minor, history)) {
+		ctl_reply_error(&r->rep, ENOMEM, "minor %d: open: %s", vbd->minor, strerror(ENOMEM));
+		return 0;
+	}
 	rc = tapdisk_vbd_open(vbd, params, ro && !strcmp(ro, "1") ? TD_OPEN_RDONLY : 0, err,
 			      sizeof(err));
 	if (rc) {
@@ -539,6 +551,7 @@ static int verb_renew(struct ctl_req *r)
 	const char *rate = ctl_msg_get(r->req, "rate");
 	const char *force = ctl_msg_get(r->req, "force");
 	const char *commit = ctl_msg_get(r->req, "commit_only");
+	const char *history = ctl_msg_get(r->req, "history");
 	struct renew_opts opts = { 0 };
 	char err[CTL_ERRLEN] = "";
 	int rc;
@@ -548,6 +561,12 @@ static int verb_renew(struct ctl_req *r)
 	opts.rate_bps = rate ? strtoull(rate, NULL, 10) : 0;
 	opts.force = force && !strcmp(force, "1");
 	opts.commit_only = commit && !strcmp(commit, "1");
+	opts.history_dir = history ? history : renew_history_default(vbd->minor);
+	if (opts.history_dir && opts.history_dir[0] != '/') {
+		ctl_reply_error(&r->rep, EINVAL, "minor %d: history '%s' is not an absolute path",
+				vbd->minor, opts.history_dir);
+		return 0;
+	}
 	rc = tapdisk_renew_start(vbd, &opts, NULL, NULL, err, sizeof(err));
 	if (rc) {
 		ctl_reply_error(&r->rep, -rc, "%s", err);
@@ -580,6 +599,12 @@ static int verb_job_status(struct ctl_req *r)
 	ctl_msg_setf(&r->rep, "job.eta_s", "%.0f", st.eta_s);
 	ctl_msg_setf(&r->rep, "job.elapsed_s", "%.3f", st.elapsed_s);
 	ctl_msg_setf(&r->rep, "job.pause_max_ms", "%.3f", st.pause_max_ms);
+	if (st.history_dir && !st.commit_only) {
+		ctl_msg_set(&r->rep, "job.history", st.history_dir);
+		ctl_msg_setf(&r->rep, "job.generation", "%ld", st.generation);
+	}
+	if (!st.err && *st.why)
+		ctl_msg_set(&r->rep, "job.msg", st.why);  /* done, with a history warning */
 	if (st.err) {
 		ctl_msg_set_int(&r->rep, "job.errno", -st.err);
 		ctl_msg_set(&r->rep, "job.msg", st.why);

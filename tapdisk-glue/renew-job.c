@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "history.h"
+#include "renew-history.h"
 #include "renew-job.h"
 #include "scheduler.h"
 #include "tapdisk.h"
@@ -23,6 +25,9 @@ struct renew_job {
 	renew_done_cb_t done;
 	void *arg;
 	struct list_head entry;
+	char *hist_dir;               /* the history, when the renew keeps one */
+	struct renew_history *hist;   /* its steps, from saving-base to recording */
+	long generation;
 };
 
 static struct list_head jobs = LIST_HEAD_INIT(jobs);
@@ -30,9 +35,9 @@ static struct list_head jobs = LIST_HEAD_INIT(jobs);
 static const char *state_name(int state)
 {
 	static const char *names[] = { "none", "starting", "copying", "swapping",
-				       "reopening", "done", "failed" };
+				       "reopening", "done", "failed", "saving-base", "recording" };
 
-	return state >= 0 && state <= RENEW_FAILED ? names[state] : "unknown";
+	return state >= 0 && state <= RENEW_RECORDING ? names[state] : "unknown";
 }
 
 static struct renew_job *job_of(td_vbd_t *vbd)
@@ -79,14 +84,14 @@ static void close_in_background(int fd)
 static void job_pause(struct renew_job *j, void (*cb)(td_vbd_t *, void *))
 {
 	j->pause_start_ns = sched_now_ns();
-	tapdisk_vbd_pause(j->vbd, cb, j);
+	tapdisk_vbd_hold(j->vbd, cb, j);
 }
 
 /* Resume the vbd (reopening `params` when non-NULL); the pause ends here. */
 static int job_unpause(struct renew_job *j, const char *params)
 {
 	char err[512] = "";
-	int r = tapdisk_vbd_unpause(j->vbd, params, err, sizeof(err));
+	int r = tapdisk_vbd_release(j->vbd, params, err, sizeof(err));
 	uint64_t d = sched_now_ns() - j->pause_start_ns;
 
 	j->pause_total_ns += d;
@@ -113,6 +118,9 @@ static void job_finish(struct renew_job *j, int err, const char *fmt, ...)
 	j->state = j->err ? RENEW_FAILED : RENEW_DONE;
 	j->end_ns = sched_now_ns();
 	j->drv = NULL;
+	renew_history_release(j->hist);  /* unlocks the history */
+	j->hist = NULL;
+	j->td.keep_path = NULL;
 	if (j->err)
 		tlog(TLOG_ERR, "renew: minor %d: %s", j->vbd->minor, j->why);
 	else
@@ -189,6 +197,37 @@ void td_renew_copied(struct td_renew_job *td, int err)
 	job_pause(j, j->td.commit_only ? job_paused_end : job_paused_swap);
 }
 
+/* The old overlay is hashed and logged: the renew is over. A failure
+ * here leaves the renew done (the commit point is passed) and the
+ * .pending file for the next history operation to complete. */
+static void job_recorded(void *arg, int err, const char *why)
+{
+	struct renew_job *j = arg;
+
+	if (err) {
+		tlog(TLOG_WARN, "renew: minor %d: %s", j->vbd->minor, why);
+		if (!j->err)
+			snprintf(j->why, sizeof(j->why), "renewed, but %s (the next renew or "
+				 "`renew-img history %s` completes the record)", why, j->hist_dir);
+	}
+	job_finish(j, 0, NULL);
+}
+
+/* Past the commit point: hash and log the old overlay off the loop. */
+static void job_record(struct renew_job *j)
+{
+	int r;
+
+	j->state = RENEW_RECORDING;
+	r = renew_history_record(j->hist, hist_now_us(), job_recorded, j);
+	if (r) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "history %s: start recording: %s", j->hist_dir, strerror(-r));
+		job_recorded(j, r, why);
+	}
+}
+
 void td_renew_swapped(struct td_renew_job *td, int err)
 {
 	struct renew_job *j = td->priv;
@@ -219,7 +258,66 @@ void td_renew_swapped(struct td_renew_job *td, int err)
 		close_in_background(j->td.old_fd);
 		j->td.old_fd = -1;
 	}
+	if (j->hist && j->td.keep_path) {
+		job_record(j);
+		return;
+	}
 	job_finish(j, 0, NULL);
+}
+
+/* The first pause, once the disk runs (an admin's pause holds it). */
+static void job_begin(void *arg)
+{
+	struct renew_job *j = arg;
+
+	if (j->vbd->state != VBD_RUNNING) {
+		sched_timer(50, job_begin, j);
+		return;
+	}
+	j->state = RENEW_STARTING;
+	job_pause(j, job_paused_start);
+}
+
+/* The history is ready (generation 0 saved, checks passed): go on with the
+ * renew, telling the swap where to keep the old overlay. */
+static void job_history_ready(void *arg, int err, const char *why)
+{
+	struct renew_job *j = arg;
+
+	if (err) {
+		job_finish(j, err, "%s", why);
+		return;
+	}
+	if (!j->td.commit_only) {  /* a commit keeps the overlay: no generation */
+		j->generation = (long)renew_history_gen(j->hist);
+		j->td.keep_path = renew_history_pending(j->hist);
+	}
+	job_begin(j);
+}
+
+/* Prepare the history in a thread before anything changes the base. */
+static int job_history_start(struct renew_job *j, const char *dir, char *err, size_t errlen)
+{
+	td_image_t *top = j->vbd->top;
+
+	if (!top->next) {
+		snprintf(err, errlen, "%s: no parent: there is no base to keep a history of", j->vbd->params);
+		j->done = NULL;  /* refused: the caller hears it from the return */
+		job_finish(j, -EINVAL, "%s", err);
+		return -EINVAL;
+	}
+	j->hist_dir = strdup(dir);
+	j->state = RENEW_SAVING_BASE;
+	j->hist = j->hist_dir ? renew_history_prepare(dir, top->driver->name, top->next->driver->name,
+						      job_history_ready, j, err, errlen) : NULL;
+	if (!j->hist) {
+		if (!j->hist_dir)
+			snprintf(err, errlen, "history %s: out of memory", dir);
+		j->done = NULL;  /* refused: the caller hears it from the return */
+		job_finish(j, -ENOMEM, "%s", err);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
@@ -266,10 +364,15 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	j->start_ns = sched_now_ns();
 	j->copy_end_ns = j->end_ns = 0;
 	j->pause_max_ns = j->pause_total_ns = 0;
+	free(j->hist_dir);
+	j->hist_dir = NULL;
+	j->generation = -1;
 	j->done = done;
 	j->arg = arg;
 	tlog(TLOG_INFO, "renew: minor %d (%s): starting%s", vbd->minor, vbd->params,
 	     opts->commit_only ? " (commit only)" : "");
+	if (opts->history_dir)
+		return job_history_start(j, opts->history_dir, err, errlen);
 	job_pause(j, job_paused_start);
 	return 0;
 }
@@ -304,17 +407,23 @@ int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st)
 	st->pause_total_ms = j->pause_total_ns / 1e6;
 	st->err = j->err;
 	st->why = j->why;
+	st->history_dir = j->hist_dir;
+	st->generation = j->generation;
+	st->history_percent = j->hist ? renew_history_percent(j->hist) : 0;
 	return 0;
 }
 
 char *tapdisk_renew_status_json(td_vbd_t *vbd)
 {
 	struct renew_status st;
-	char *out = NULL, why[1100];
+	char *out = NULL, why[1100], hist[600] = "";
 	size_t k = 0;
 
 	if (tapdisk_renew_status(vbd, &st))
 		return NULL;
+	if (st.history_dir && !strpbrk(st.history_dir, "\"\\"))
+		snprintf(hist, sizeof(hist), ",\"history\":\"%s\",\"generation\":%ld,\"history_percent\":%.1f",
+			 st.history_dir, st.generation, st.history_percent);
 	for (const char *c = st.why; *c && k < sizeof(why) - 3; c++) {
 		if (*c == '"' || *c == '\\')
 			why[k++] = '\\';
@@ -324,10 +433,10 @@ char *tapdisk_renew_status_json(td_vbd_t *vbd)
 	if (asprintf(&out,
 		     "{\"state\":\"%s\",\"commit_only\":%s,\"percent\":%.1f,\"bytes_done\":%llu,"
 		     "\"bytes_total\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
-		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"}",
+		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"%s}",
 		     st.state_name, st.commit_only ? "true" : "false", st.percent,
 		     (unsigned long long)st.bytes_done, (unsigned long long)st.bytes_total,
-		     st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why) < 0)
+		     st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why, hist) < 0)
 		return NULL;
 	return out;
 }
@@ -339,5 +448,7 @@ void tapdisk_renew_forget(td_vbd_t *vbd)
 	if (!j)
 		return;
 	list_del(&j->entry);
+	renew_history_release(j->hist);
+	free(j->hist_dir);
 	free(j);
 }

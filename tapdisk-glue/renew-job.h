@@ -5,7 +5,10 @@
  * job does the pausing, the reopening and the bookkeeping.
  *
  * States: starting -> copying -> swapping -> reopening -> done, or failed
- * from any of them (the overlay then stays in use, intact). */
+ * from any of them (the overlay then stays in use, intact). With a
+ * history: saving-base (in a thread, before the first pause) first, and
+ * recording (in a thread, the guest running on the fresh overlay) before
+ * done (see renew-history.h). */
 #ifndef RENEW_RENEW_JOB_H
 #define RENEW_RENEW_JOB_H
 
@@ -17,11 +20,12 @@ struct renew_opts {
 	int commit_only;
 	int force;
 	uint64_t rate_bps;
+	const char *history_dir;   /* keep the old overlay there (NULL: no history) */
 };
 
 enum renew_state {
 	RENEW_NONE = 0, RENEW_STARTING, RENEW_COPYING, RENEW_SWAPPING,
-	RENEW_REOPENING, RENEW_DONE, RENEW_FAILED,
+	RENEW_REOPENING, RENEW_DONE, RENEW_FAILED, RENEW_SAVING_BASE, RENEW_RECORDING,
 };
 
 typedef void (*renew_done_cb_t)(td_vbd_t *vbd, int err, const char *why, void *arg);
@@ -44,6 +48,9 @@ struct renew_status {
 	double pause_max_ms, pause_total_ms;
 	int err;                             /* negative errno when failed */
 	const char *why;                     /* the failure, naming path and reason */
+	const char *history_dir;             /* NULL without a history */
+	long generation;                     /* the history generation it makes (-1: none yet) */
+	double history_percent;              /* of saving-base or recording */
 };
 /* Fill `st`; -ENOENT when the vbd has had no renew. */
 int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st);

@@ -102,6 +102,8 @@ static char *open_disk(const struct opts *o, int pid, int minor)
 	ctl_msg_set(&req, "params", o->params);
 	if (o->ro)
 		ctl_msg_set(&req, "ro", "1");
+	if (o->history)
+		ctl_msg_set(&req, "history", o->history);
 	if (!call(o, pid, &req, &rep, TOOL_TIMEOUT_MS)) {
 		const char *nbd = ctl_msg_get(&rep, "nbd");
 		sock = strdup(nbd ? nbd : "");

@@ -55,6 +55,10 @@ static int follow(const struct opts *o)
 			printf("renew: pid=%d minor=%d: %s bytes committed in %ss, longest pause %s ms\n",
 			       o->pid, o->minor, get(&rep, "job.done"), get(&rep, "job.elapsed_s"),
 			       get(&rep, "job.pause_max_ms"));
+			if (ctl_msg_get(&rep, "job.history"))
+				printf("history: %s: generation %s%s%s\n", get(&rep, "job.history"),
+				       get(&rep, "job.generation"), ctl_msg_get(&rep, "job.msg") ? ": " : "",
+				       ctl_msg_get(&rep, "job.msg") ? get(&rep, "job.msg") : "");
 			rc = 0;
 		} else if (!strcmp(state, "failed")) {
 			if (tty)
@@ -86,6 +90,8 @@ int cmd_renew(const struct opts *o)
 		ctl_msg_set(&req, "force", "1");
 	if (o->commit_only)
 		ctl_msg_set(&req, "commit_only", "1");
+	if (o->history)
+		ctl_msg_set(&req, "history", o->history);
 	rc = call(o, o->pid, &req, &rep, TOOL_TIMEOUT_MS);
 	ctl_msg_free(&req);
 	if (rc)

@@ -29,6 +29,7 @@ struct opts {
 	unsigned long long rate_bps; /* --rate MB/s */
 	int force;               /* --force */
 	int commit_only;         /* --commit-only */
+	const char *history;     /* --history DIR (absolute) */
 };
 
 /* One vbd as a daemon lists it. */

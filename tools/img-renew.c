@@ -39,7 +39,9 @@ static void run_progress(void *arg)
 	struct renew_status st;
 
 	if (!tapdisk_renew_status(r->vbd, &st)) {
-		if (st.eta_s < 0)
+		if (st.state == RENEW_SAVING_BASE || st.state == RENEW_RECORDING)
+			fprintf(stderr, "\r%s %5.1f%%                    ", st.state_name, st.history_percent);
+		else if (st.eta_s < 0)
 			fprintf(stderr, "\r%5.1f%%  %7.1f MB/s  ETA ?   ", st.percent, st.mb_per_s);
 		else
 			fprintf(stderr, "\r%5.1f%%  %7.1f MB/s  ETA %.0fs   ", st.percent, st.mb_per_s, st.eta_s);
@@ -52,7 +54,7 @@ static int run_one(const char *path, const struct renew_opts *opts, int quiet)
 {
 	struct run r = { 0 };
 	char err[1024] = "", *params = NULL;
-	struct renew_status st;
+	struct renew_status st = { 0 };
 	int rc;
 
 	if (sched_init())
@@ -88,6 +90,9 @@ static int run_one(const char *path, const struct renew_opts *opts, int quiet)
 		printf("%s: %s: %llu bytes committed into the parent in %.2fs%s\n",
 		       opts->commit_only ? "commit" : "renew", path, (unsigned long long)st.bytes_done,
 		       st.elapsed_s, opts->commit_only ? "" : "; the overlay is fresh");
+	if (!quiet && st.history_dir && !opts->commit_only)
+		printf("history: %s: generation %ld%s%s\n", st.history_dir, st.generation,
+		       *st.why ? ": " : "", st.why);
 	rc = 0;
 out:
 	if (r.progress_timer)
@@ -101,7 +106,7 @@ out:
 	return rc;
 }
 
-/* commit|renew [--force] [--keep-going] [--quiet] [--rate MB/s] CHILD... */
+/* commit|renew [--force] [--keep-going] [--quiet] [--rate MB/s] [--history DIR] CHILD... */
 static int cmd_renew_common(int argc, char **argv, int commit_only)
 {
 	struct renew_opts opts = { .commit_only = commit_only };
@@ -129,6 +134,8 @@ static int cmd_renew_common(int argc, char **argv, int commit_only)
 				return img_usage(argv[0]);
 			}
 			opts.rate_bps = (uint64_t)(mb * 1048576.0);
+		} else if (!strcmp(a, "--history") && i + 1 < argc) {
+			opts.history_dir = argv[++i];
 		} else if (a[0] == '-' && a[1]) {
 			free(files);
 			fprintf(stderr, "renew-img: %s: unknown option '%s'\n", argv[0], a);

@@ -16,8 +16,12 @@ static const struct img_cmd cmds[] = {
 	{ "convert", "FILE OUT", "flatten the chain into a raw file, sparse where zero (OUT - = stdout)", img_cmd_convert },
 	{ "commit", "[--force] [--keep-going] [--rate MB/s] CHILD...",
 	  "copy every sector CHILD holds into its parent; CHILD stays valid", img_cmd_commit },
-	{ "renew", "[--force] [--keep-going] [--rate MB/s] CHILD...",
-	  "commit, then put a fresh empty overlay at CHILD's path (the old one is deleted)", img_cmd_renew },
+	{ "renew", "[--force] [--keep-going] [--rate MB/s] [--history DIR] CHILD...",
+	  "commit, then put a fresh empty overlay at CHILD's path (the old one is deleted, or kept in DIR)", img_cmd_renew },
+	{ "history", "DIR [--json] | DIR --init BASE | DIR --prune-before K",
+	  "list the generations DIR keeps; start one from BASE; fold those before K into its base", img_cmd_history },
+	{ "restore", "DIR --generation K|--at TIME OUT",
+	  "build the base as of generation K (or the time TIME, UTC) into the new file OUT", img_cmd_restore },
 	{ "write", "FILE OFFSET [LENGTH]", "write standard input into FILE at OFFSET (sector-aligned)", img_cmd_write },
 };
 #define NCMDS (sizeof(cmds) / sizeof(cmds[0]))

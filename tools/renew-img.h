@@ -42,5 +42,7 @@ int img_cmd_convert(int argc, char **argv);
 int img_cmd_write(int argc, char **argv);
 int img_cmd_commit(int argc, char **argv);
 int img_cmd_renew(int argc, char **argv);
+int img_cmd_history(int argc, char **argv);
+int img_cmd_restore(int argc, char **argv);
 
 #endif

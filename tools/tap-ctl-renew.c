@@ -20,17 +20,20 @@ static const char usage_text[] =
 	"  close   -p PID -m MINOR\n"
 	"  pause   -p PID -m MINOR                hold I/O; returns once in-flight I/O is done\n"
 	"  unpause -p PID -m MINOR [-a TYPE:PATH] resume, maybe on another image\n"
-	"  create  -a TYPE:PATH [-R] [--socket-only]   spawn+attach+open; print /dev/nbdN\n"
-	"                                         (or the NBD socket with --socket-only)\n"
+	"  create  -a TYPE:PATH [-R] [--socket-only] [--history DIR]\n"
+	"                                         spawn+attach+open; print /dev/nbdN (or the\n"
+	"                                         NBD socket with --socket-only); renews of the\n"
+	"                                         disk keep their old overlays in DIR\n"
 	"  destroy -p PID -m MINOR | -d /dev/nbdN disconnect, close, detach\n"
 	"  list    [-p PID] [-m MINOR] [-t TYPE] [-f FILE] [--json]\n"
 	"                                         pid=P minor=M state=S args=TYPE:PATH; S is\n"
 	"                                         tap-ctl's state bits: 0 running, 0x2 closed,\n"
 	"                                         0x10 pausing, 0x20 paused\n"
 	"  stats   -p PID -m MINOR                statistics as JSON (with the renew's progress)\n"
-	"  renew   -p PID -m MINOR [--wait] [--rate MB/s] [--force] [--commit-only]\n"
+	"  renew   -p PID -m MINOR [--wait] [--rate MB/s] [--force] [--commit-only] [--history DIR]\n"
 	"                                         commit the overlay into its parent and put a\n"
-	"                                         fresh one in its place, live; --wait follows it\n"
+	"                                         fresh one in its place, live; --wait follows it;\n"
+	"                                         --history keeps the old overlay in DIR\n"
 	"  check                                  is this host ready? prints ok\n"
 	"  version [-p PID]                       protocol version (of a daemon with -p)\n"
 	"TYPE: aio (raw file), renew (VHD overlay), vhd (read-only VHD).\n"
@@ -159,11 +162,11 @@ static const struct verb verbs[] = {
 	{ "close", "pm", "pm", cmd_simple },
 	{ "pause", "pm", "pm", cmd_simple },
 	{ "unpause", "pma", "pm", cmd_open },
-	{ "create", "aRS", "a", cmd_create },
+	{ "create", "aRSH", "a", cmd_create },
 	{ "destroy", "pmd", "", cmd_destroy },
 	{ "list", "pmtfJ", "", cmd_list },
 	{ "stats", "pm", "pm", cmd_stats },
-	{ "renew", "pmWrFC", "pm", cmd_renew },
+	{ "renew", "pmWrFCH", "pm", cmd_renew },
 	{ "check", "", "", cmd_check },
 	{ "version", "p", "", cmd_version },
 };
@@ -185,6 +188,8 @@ static const char *flag_name(int c)
 		return "--force";
 	if (c == 'C')
 		return "--commit-only";
+	if (c == 'H')
+		return "--history";
 	snprintf(s, sizeof(s), "-%c", c);
 	return s;
 }
@@ -235,6 +240,23 @@ static const char *check_params(const char *verb, const char *params)
 	return abs;
 }
 
+/* --history DIR made absolute: the daemon's working directory is not ours. */
+static const char *check_history(const char *verb, const char *dir)
+{
+	static char abs[PATH_MAX + 8];
+	char cwd[PATH_MAX];
+
+	if (!*dir)
+		usage_error(verb, "empty --history");
+	if (dir[0] == '/')
+		return dir;
+	if (!getcwd(cwd, sizeof(cwd)) || (size_t)snprintf(abs, sizeof(abs), "%s/%s", cwd, dir) >= sizeof(abs)) {
+		fprintf(stderr, PROG ": %s: cannot make '%s' absolute\n", verb, dir);
+		exit(1);
+	}
+	return abs;
+}
+
 /* Parse the flags after the verb into `o`, recording which were given. */
 static void parse_flags(const struct verb *v, int argc, char **argv, struct opts *o, char *seen)
 {
@@ -245,6 +267,7 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		{ "rate", required_argument, NULL, 'r' },
 		{ "force", no_argument, NULL, 'F' },
 		{ "commit-only", no_argument, NULL, 'C' },
+		{ "history", required_argument, NULL, 'H' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -278,6 +301,7 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		case 'r': o->rate_bps = parse_rate(v->name, optarg); break;
 		case 'F': o->force = 1; break;
 		case 'C': o->commit_only = 1; break;
+		case 'H': o->history = check_history(v->name, optarg); break;
 		}
 	}
 	if (optind < argc)

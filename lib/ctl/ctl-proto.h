@@ -17,7 +17,9 @@
  *   - unknown keys are ignored, so either side can grow fields.
  *
  * Request keys: `verb` (required), then per verb `minor`, `params`
- * ("type:/path"), `ro` (1 = read-only), `device` (/dev/nbdN).
+ * ("type:/path"), `ro` (1 = read-only), `device` (/dev/nbdN), `history`
+ * (an absolute directory: on `open` the minor's default for its renews,
+ * on `renew` this renew's; the replaced overlay is kept there).
  * Reply keys: `status` = "ok" | "error"; on error `errno` (positive) and
  * `msg` (names the disk or path and the reason); on success what the verb
  * returns (see the verb table below).
@@ -26,7 +28,7 @@
  *   version            version, pid, daemon
  *   attach   minor
  *   detach   minor     exiting=1 when it was the daemon's last vbd
- *   open     minor params [ro]        nbd=<socket path>
+ *   open     minor params [ro] [history]   nbd=<socket path>
  *   close    minor
  *   pause    minor     (the reply is sent once the vbd is quiesced)
  *   unpause  minor [params]
@@ -38,12 +40,18 @@
  *   set-device minor device   records the kernel device (empty = none)
  *   shutdown           exit once the reply is sent (refused while a vbd
  *                      is open unless force=1)
- *   job-status minor   job.id, job.kind, job.state (running|done|failed),
- *                      job.done, job.total (bytes), job.rate (bytes/s),
- *                      job.elapsed_ms; when failed job.errno and job.msg
- * Long-running work (renew) follows one pattern: the verb that starts it
- * replies at once with `job=<id>` (tapdisk-glue/control-job.h keeps the
- * table); the tool polls `job-status` to print progress or to --wait.
+ *   renew    minor [rate] [force] [commit_only] [history]
+ *                      starts a renew (rate in bytes/s) and replies at once
+ *   job-status minor   the current or last renew of the minor: job.kind
+ *                      (renew|commit), job.state (starting, saving-base,
+ *                      copying, swapping, reopening, recording, done,
+ *                      failed), job.done, job.total (bytes), job.percent,
+ *                      job.mb_per_s, job.eta_s (-1 unknown), job.elapsed_s,
+ *                      job.pause_max_ms; when failed job.errno and job.msg;
+ *                      with a history job.history and job.generation (and
+ *                      job.msg when done but the record is incomplete)
+ * A renew is the one long-running operation: the tool polls `job-status`
+ * to print progress or to --wait (tapdisk-glue/renew-job.h).
  */
 #ifndef RENEW_CTL_PROTO_H
 #define RENEW_CTL_PROTO_H
