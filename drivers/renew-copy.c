@@ -865,7 +865,6 @@ static void swap_flushed(td_request_t treq, int err)
 	struct renew_copy *c = treq.cb_data;
 	struct renew_state *s = c->s;
 	char *dir;
-	int dfd;
 
 	if (err) {
 		EPRINTF("renew: %s: flush of parent %s: %s", s->vhd.path, c->parent_path, strerror(-err));
@@ -888,12 +887,10 @@ static void swap_flushed(td_request_t treq, int err)
 	td_fault("renew.after_rename");
 	/* hold the old overlay: its last close must not happen on the loop */
 	c->job->old_fd = dup(s->vhd.fd);
+	/* the rename is durable once its directory is: the job does that after
+	 * the guest resumes, holding back guest flushes until it is done */
 	dir = strdup(s->vhd.path);
-	dfd = dir ? open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	if (dfd < 0 || fsync(dfd))
-		tlog(TLOG_WARN, "renew: fsync of the directory of %s: %s", s->vhd.path, strerror(errno));
-	if (dfd >= 0)
-		close(dfd);
+	c->job->sync_dir = dir ? strdup(dirname(dir)) : NULL;
 	free(dir);
 	td_renew_swapped(c->job, 0);
 }

@@ -1,6 +1,7 @@
 /* The renew job: pauses, the driver's copy and swap, the reopen (see
  * renew-job.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "history.h"
 #include "renew-history.h"
 #include "renew-job.h"
+#include "worker.h"
 #include "scheduler.h"
 #include "tapdisk.h"
 
@@ -228,6 +230,40 @@ static void job_record(struct renew_job *j)
 	}
 }
 
+/* In a thread: make the rename of the fresh overlay durable. */
+static int sync_dir(void *arg)
+{
+	struct renew_job *j = arg;
+	int fd, r = 0;
+
+	if (!j->td.sync_dir)
+		return -ENOMEM;
+	fd = open(j->td.sync_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd))
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* The directory is durable: guest flushes may complete again. */
+static void job_dir_synced(void *arg, int rc)
+{
+	struct renew_job *j = arg;
+
+	if (rc)
+		tlog(TLOG_WARN, "renew: minor %d: fsync of %s: %s; guest flushes go on", j->vbd->minor,
+		     j->td.sync_dir ? j->td.sync_dir : "the directory", strerror(-rc));
+	free(j->td.sync_dir);
+	j->td.sync_dir = NULL;
+	tapdisk_vbd_gate_flushes(j->vbd, 0);
+	if (j->hist && j->td.keep_path) {
+		job_record(j);
+		return;
+	}
+	job_finish(j, 0, NULL);
+}
+
 void td_renew_swapped(struct td_renew_job *td, int err)
 {
 	struct renew_job *j = td->priv;
@@ -252,17 +288,16 @@ void td_renew_swapped(struct td_renew_job *td, int err)
 		job_finish(j, -ENOMEM, "reopen %s: out of memory (the disk stays paused)", j->vbd->params);
 		return;
 	}
+	/* guest flushes wait until the rename is durable (job_dir_synced) */
+	tapdisk_vbd_gate_flushes(j->vbd, 1);
 	job_unpause(j, params);
 	free(params);
 	if (j->td.old_fd >= 0) {
 		close_in_background(j->td.old_fd);
 		j->td.old_fd = -1;
 	}
-	if (j->hist && j->td.keep_path) {
-		job_record(j);
-		return;
-	}
-	job_finish(j, 0, NULL);
+	if (td_worker_run(sync_dir, j, job_dir_synced))
+		job_dir_synced(j, sync_dir(j));
 }
 
 /* The first pause, once the disk runs (an admin's pause holds it). */

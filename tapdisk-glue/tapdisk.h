@@ -187,6 +187,7 @@ struct td_renew_job {
 	uint64_t bytes_total;   /* the driver's estimate of the copy */
 	uint64_t bytes_done;
 	int old_fd;             /* set by the swap: the replaced overlay, still open */
+	char *sync_dir;         /* set by the swap: the directory to make durable (malloc'd) */
 	const char *keep_path;  /* history: hard-link the overlay here (durably) before the rename */
 	void *priv;             /* the runtime's */
 };

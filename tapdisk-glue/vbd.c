@@ -496,8 +496,18 @@ static void submit_piece(td_request_t treq)
 /* Flush every image that can: one piece each, counted in secs_pending. */
 static void start_flush(td_vbd_request_t *vreq)
 {
+	td_vbd_t *vbd = vreq->vbd;
 	td_image_t *image;
 
+	if (vbd->flush_gate) {
+		td_vbd_request_t **tail = &vbd->gated;
+
+		while (*tail)
+			tail = &(*tail)->gate_next;
+		vreq->gate_next = NULL;
+		*tail = vreq;
+		return;
+	}
 	vreq->phase = PH_FLUSH;
 	vreq->secs_pending = 1; /* bias while issuing */
 	vreq->issuing = 1;
@@ -514,6 +524,17 @@ static void start_flush(td_vbd_request_t *vreq)
 	}
 	vreq->issuing = 0;
 	vreq_account(vreq, 1, 0);
+}
+
+void tapdisk_vbd_gate_flushes(td_vbd_t *vbd, int closed)
+{
+	vbd->flush_gate = closed;
+	while (!vbd->flush_gate && vbd->gated) {
+		td_vbd_request_t *vreq = vbd->gated;
+
+		vbd->gated = vreq->gate_next;
+		start_flush(vreq);
+	}
 }
 
 /* Issue write-zeroes pieces from the shared buffer while the window allows. */

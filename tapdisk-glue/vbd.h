@@ -36,6 +36,7 @@ struct td_vbd_request {
 	int64_t secs_pending;
 	int phase;
 	uint64_t submit_ns;
+	td_vbd_request_t *gate_next; /* parked behind a closed flush gate */
 	struct list_head entry;
 	uint64_t next_sec;       /* write-zeroes: next sector to issue */
 	int pieces_inflight;     /* write-zeroes: pieces issued, not completed */
@@ -65,6 +66,8 @@ struct td_vbd_handle {
 	struct vbd_waiter *waiters; /* told when the vbd is quiesced */
 	int admin_paused;        /* tap-ctl pause (a flag: pause is idempotent) */
 	int holds;               /* internal pauses (renew, shutdown): counted */
+	int flush_gate;          /* closed: flushes wait (renew's directory sync) */
+	td_vbd_request_t *gated; /* the flushes waiting, oldest first */
 	void *nbd;               /* the NBD export of this vbd, if any */
 	struct list_head entry;  /* all vbds of the daemon */
 };
@@ -86,6 +89,10 @@ int tapdisk_vbd_unpause(td_vbd_t *vbd, const char *params, char *err, size_t err
 /* An internal pause (renew's swap, shutdown), counted apart from the
  * admin's: an admin unpause cannot end it, nor it an admin pause. */
 void tapdisk_vbd_hold(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg);
+/* Close or open the flush gate: while closed, flushes (and FUA writes'
+ * flush phase) wait, so nothing is reported durable before something the
+ * runtime still has to make durable (a renamed overlay's directory). */
+void tapdisk_vbd_gate_flushes(td_vbd_t *vbd, int closed);
 /* End one hold, reopening `params` first when non-NULL. */
 int tapdisk_vbd_release(td_vbd_t *vbd, const char *params, char *err, size_t errlen);
 /* Run the aio queue until nothing of the vbd is in flight (at most

@@ -61,6 +61,16 @@ static void run(struct waiter *w)
 	CHECK(!fired, "timed out with %d of %d callbacks", w->done, w->expect);
 }
 
+/* Run the loop for `ms` milliseconds, whatever completes meanwhile. */
+static void run_for(int ms)
+{
+	int fired = 0;
+
+	sched_timer((uint64_t)ms, timeout_cb, &fired);
+	looping = 0; /* req_cb must not stop it early */
+	sched_run();
+}
+
 /* An aligned buffer filled with `byte`. */
 static char *buffer(size_t len, int byte)
 {
@@ -279,6 +289,52 @@ static void test_pause(void)
 		free(bufs[i]);
 }
 
+/* An admin pause and an internal hold do not end each other; a closed
+ * flush gate keeps a flush (and a FUA write) from completing. */
+static void test_holds_and_gate(void)
+{
+	td_vbd_t *vbd = tapdisk_vbd_create(6);
+	const char *disk = make_disk("gate.raw", 4 << 20, 3);
+	struct pause_state ps = { 0, 0 };
+	td_vbd_request_t v[2];
+	struct waiter w = { 0, 0, 1 };
+	char *buf = buffer(4096, 9);
+	char err[512];
+
+	CHECK(tapdisk_vbd_open(vbd, disk, 0, err, sizeof(err)) == 0, "open: %s", err);
+	tapdisk_vbd_hold(vbd, on_quiesced, &ps);
+	tapdisk_vbd_pause(vbd, on_quiesced, &ps);
+	CHECK(ps.quiesced == 2 && vbd->state == VBD_PAUSED, "hold and pause both quiesced");
+	CHECK(tapdisk_vbd_unpause(vbd, NULL, err, sizeof(err)) == 0 && vbd->state == VBD_PAUSED,
+	      "an admin unpause leaves the hold in place");
+	tapdisk_vbd_pause(vbd, NULL, NULL);
+	CHECK(tapdisk_vbd_release(vbd, NULL, err, sizeof(err)) == 0 && vbd->state == VBD_PAUSED,
+	      "the end of a hold leaves the admin's pause in place");
+	CHECK(tapdisk_vbd_unpause(vbd, NULL, err, sizeof(err)) == 0 && vbd->state == VBD_RUNNING, "resumed");
+
+	tapdisk_vbd_gate_flushes(vbd, 1);
+	queue(vbd, &v[0], VBD_OP_FLUSH, NULL, 0, 0, &w);
+	memset(&v[1], 0, sizeof(v[1]));
+	w.expect = 2;
+	v[1].op = VBD_OP_WRITE;
+	v[1].fua = 1;
+	v[1].buf = buf;
+	v[1].sec = 8;
+	v[1].secs = 8;
+	v[1].cb = req_cb;
+	v[1].cb_data = &w;
+	tapdisk_vbd_queue(vbd, &v[1]);
+	run_for(300);
+	CHECK(w.done == 0, "a flush or FUA write completed behind a closed gate (%d)", w.done);
+	tapdisk_vbd_gate_flushes(vbd, 0);
+	w.expect = 2;
+	run(&w);
+	CHECK(w.done == 2 && !w.err, "gated flushes completed once open: %d err %d", w.done, w.err);
+	tapdisk_vbd_close(vbd);
+	tapdisk_vbd_free(vbd);
+	free(buf);
+}
+
 struct chain {
 	td_vbd_t *vbd;
 	td_vbd_request_t v;
@@ -375,6 +431,7 @@ int main(void)
 	test_open_errors();
 	test_read_only();
 	test_pause();
+	test_holds_and_gate();
 	test_deep_chain();
 	test_forward();
 	td_aio_fini();
