@@ -31,6 +31,7 @@
 
 #include "block-renew.h"
 #include "scheduler.h"
+#include "worker.h"
 
 #define COPY_SLOTS 8
 /* The guest counts as busy for this long after its last request: then the
@@ -493,6 +494,19 @@ static int make_fresh_overlay(struct renew_copy *c)
 	return 0;
 }
 
+/* In a thread: creating and syncing a file may take a while on a busy disk. */
+static int fresh_overlay_work(void *arg)
+{
+	return make_fresh_overlay(arg);
+}
+
+static void fresh_overlay_done(void *arg, int rc)
+{
+	struct renew_copy *c = arg;
+
+	td_renew_copied(c->job, rc);
+}
+
 /* The parent is durable: prepare the swap and hand over to the job. */
 static void finish_flushed(td_request_t treq, int err)
 {
@@ -501,6 +515,8 @@ static void finish_flushed(td_request_t treq, int err)
 	if (err) {
 		EPRINTF("renew: %s: flush of parent %s: %s", c->s->vhd.path, c->parent_path, strerror(-err));
 	} else if (!c->job->commit_only) {
+		if (!td_worker_run(fresh_overlay_work, c, fresh_overlay_done))
+			return;
 		err = make_fresh_overlay(c);
 	}
 	td_renew_copied(c->job, err);
