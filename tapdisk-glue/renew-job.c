@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include "history.h"
 #include "renew-history.h"
@@ -62,9 +64,27 @@ int tapdisk_renew_running(td_vbd_t *vbd)
 	return j && j->state != RENEW_DONE && j->state != RENEW_FAILED;
 }
 
+#define TRIM_STEP (64ll << 20)
+
+/* Free the old overlay's blocks a slice at a time from the end: one huge
+ * truncate holds the filesystem's journal long enough to stall the
+ * guest's own writes. */
 static void *close_fd_thread(void *arg)
 {
-	close((int)(intptr_t)arg);
+	int fd = (int)(intptr_t)arg;
+	struct stat st;
+
+	if (!fstat(fd, &st) && st.st_nlink == 0) {
+		for (off_t size = st.st_size; size > 0;) {
+			struct timespec rest = { 0, 2000000 };
+
+			size = size > TRIM_STEP ? size - TRIM_STEP : 0;
+			if (ftruncate(fd, size))
+				break;
+			nanosleep(&rest, NULL);
+		}
+	}
+	close(fd);
 	return NULL;
 }
 
