@@ -120,7 +120,7 @@ wait_socket() {
 # the background; SERVE_PID is its pid. stop_pid PID ends it.
 serve_renew() {
 	rm -f "$2"
-	"$TOP/bin/tapdisk-renew" --serve "$1" --socket "$2" 2>>"$3" &
+	"${BIN:-$TOP/bin}/tapdisk-renew" --serve "$1" --socket "$2" 2>>"$3" &
 	SERVE_PID=$!
 	wait_socket "$2" "$SERVE_PID" || { echo "bench: tapdisk-renew $1 did not start (see $3)" >&2; exit 1; }
 }
@@ -151,6 +151,12 @@ for f in sys.argv[1:]:
     os.fsync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     os.close(fd)' "$@"
+}
+
+# programs_line: which build of the programs a run used (for the table).
+programs_line() {
+	local b=${BIN:-$TOP/bin}
+	echo "programs: $b (tapdisk-renew built $(date -r "$b/tapdisk-renew" '+%F %T'); repository at $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 }
 
 # sha256 [FILE]: the hex digest of FILE or of standard input (OpenSSL's

@@ -1,0 +1,198 @@
+#!/bin/bash
+# check-vm.sh: a Linux guest under QEMU whose only disk is our NBD export
+# (a renew: overlay over a raw base). The guest makes ext4 and keeps writing
+# files of known checksums while this host renews the disk live three times
+# (tap-ctl-renew renew --wait); then the guest verifies every file with cold
+# caches and powers off, and the host checks the export: e2fsck -fn, the
+# files' checksums read back from the image, renew-img check, and the same
+# bytes offline as online.
+#   Kernel: Debian's linux-image-amd64, extracted from its .deb (cached in
+#   tests/cache/vm, keyed by the package version). Initramfs: our own
+#   (mkinitramfs.sh). KVM when a probe guest boots with it, else TCG.
+#   VM_ACCEL=kvm|tcg forces one. Prints one line per check and ends with
+#   "N passed, N failed"; exit 0 only when all passed.
+set -uo pipefail
+cd "$(dirname "$0")/../.." || exit 1
+TOP=$PWD
+BIN=$TOP/${BINDIR:-bin}
+CACHE=$TOP/tests/cache/vm
+HERE=$TOP/tests/vm
+mkdir -p "$CACHE" "$TOP/tests/tmp"
+W=$(mktemp -d "$TOP/tests/tmp/check-vm.XXXXXX")
+export RENEW_RUNDIR=$W/run
+T0=$(date +%s)
+passed=0 failed=0 QPID="" DPID=""
+
+say() { echo "[$(($(date +%s) - T0))s] $*"; }
+pass() { passed=$((passed + 1)); echo "PASS $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+# check NAME CMD...: run CMD, PASS or FAIL under NAME.
+check() { local n=$1; shift; if "$@"; then pass "$n"; else fail "$n"; fi; }
+finish() {
+	[ -n "$QPID" ] && kill "$QPID" 2>/dev/null
+	[ -n "$DPID" ] && "$BIN/tap-ctl-renew" destroy -p "$DPID" -m "$MINOR" >/dev/null 2>&1
+	exec 7>&- 2>/dev/null
+	echo "$passed passed, $failed failed"
+	if [ $failed = 0 ] && [ $passed -gt 0 ]; then rm -rf "$W"; exit 0; fi
+	echo "kept $W (console.log: the guest's console; qemu.out)"
+	exit 1
+}
+trap finish EXIT
+# abort WHY: a step the rest depends on failed.
+abort() { fail "$*"; exit 1; }
+
+# --- host packages, the build ---
+need=""
+for p in qemu-system-x86 busybox-static cpio e2fsprogs libnbd-bin; do
+	dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "install ok installed" || need="$need $p"
+done
+if [ -n "$need" ]; then
+	say "installing:$need"
+	export DEBIAN_FRONTEND=noninteractive
+	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
+		abort "apt-get install$need"
+fi
+# a private copy of the programs: a rebuild of bin/ during the run must not
+# mix versions (tap-ctl-renew spawns the tapdisk-renew found next to itself)
+mkdir -p "$W/bin"
+for p in tapdisk-renew tap-ctl-renew renew-img; do cp "$BIN/$p" "$W/bin/" || abort "$BIN/$p missing: run make"; done
+BIN=$W/bin
+
+# --- Debian's kernel, from its package (no root filesystem needed) ---
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+if [ -z "$kpkg" ]; then apt-get update -qq; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'); fi
+kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ { print $2 }')
+K=$CACHE/kernel-${kpkg}_$kver
+if [ ! -e "$K/.ok" ]; then
+	say "fetching $kpkg $kver"
+	rm -rf "$CACHE"/kernel-* && mkdir -p "$K.tmp" || abort "mkdir $K.tmp"
+	# apt-get download writes into the current directory
+	(cd "$K.tmp" && apt-get download "$kpkg=$kver" >/dev/null 2>&1) || abort "apt-get download $kpkg=$kver"
+	dpkg-deb -x "$K.tmp"/*.deb "$K.tmp/x" || abort "dpkg-deb -x $kpkg"
+	mkdir -p "$K" && mv "$K.tmp"/x/boot/vmlinuz-* "$K/vmlinuz" && mv "$K.tmp"/x/lib/modules/* "$K/modules" &&
+		rm -rf "$K.tmp" && touch "$K/.ok" || abort "unpack $kpkg into $K"
+fi
+say "kernel $kpkg $kver"
+"$HERE/mkinitramfs.sh" "$W/initrd.gz" "$K/modules" "$HERE/guest-init" virtio_pci virtio_blk ext4 crc32c_generic ||
+	abort "initramfs"
+
+# --- the disk: an empty overlay over a raw base, served over NBD ---
+truncate -s 256M "$W/base.raw"
+"$BIN/renew-img" snapshot "$W/base.raw" "$W/disk.vhd" >/dev/null || abort "renew-img snapshot $W/base.raw $W/disk.vhd"
+SOCK=$("$BIN/tap-ctl-renew" create --socket-only -a "renew:$W/disk.vhd" 2>"$W/create.err") ||
+	abort "tap-ctl-renew create -a renew:$W/disk.vhd: $(cat "$W/create.err")"
+line=$("$BIN/tap-ctl-renew" list -t renew -f "$W/disk.vhd")
+DPID=$(echo "$line" | sed -n 's/.*pid=\([0-9]*\).*/\1/p')
+MINOR=$(echo "$line" | sed -n 's/.*minor=\([0-9]*\).*/\1/p')
+[ -n "$DPID" ] && [ -n "$MINOR" ] && [ -S "$SOCK" ] || abort "tap-ctl-renew list -f $W/disk.vhd: '$line'"
+pass "disk served: $line on $SOCK"
+
+# --- KVM when a guest really boots with it (some hosts' /dev/kvm cannot) ---
+qemu() { qemu-system-x86_64 -m 512 -display none -nodefaults -no-reboot -kernel "$K/vmlinuz" "$@"; }
+accel=${VM_ACCEL:-}
+if [ -z "$accel" ]; then
+	accel=tcg
+	if [ -w /dev/kvm ]; then
+		timeout 20 qemu -accel kvm -cpu host -initrd "$W/initrd.gz" -serial "file:$W/probe.log" \
+			-append "console=ttyS0 panic=-1 renew.probe=1" </dev/null >/dev/null 2>&1
+		grep -q "GUEST: probe ok" "$W/probe.log" 2>/dev/null && accel=kvm
+	fi
+fi
+cpu=max
+[ "$accel" = kvm ] && cpu=host
+say "accelerator: $accel"
+
+# --- the guest: console through a pair of FIFOs (QEMU opens both read-write) ---
+mkfifo "$W/con.in" "$W/con.out"
+qemu -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
+	-append "console=ttyS0 loglevel=4 panic=-1 renew.disks=vda" \
+	-chardev "pipe,id=con,path=$W/con" -serial chardev:con \
+	-drive "file=nbd+unix:///?socket=$SOCK,format=raw,if=virtio" </dev/null >"$W/qemu.out" 2>&1 &
+QPID=$!
+cat "$W/con.out" >"$W/console.log" &      # unbuffered, unlike tr
+exec 7>"$W/con.in"
+C=$W/console.log
+
+# wait_con SECONDS PATTERN: until the console has a line matching PATTERN.
+wait_con() {
+	local n=$1
+	while ! grep -q "$2" "$C"; do
+		kill -0 "$QPID" 2>/dev/null || { grep -q "$2" "$C"; return; }
+		n=$((n - 1)); [ $n -gt 0 ] || return 1; sleep 1
+	done
+}
+# files: how many files the guest has written so far (it reports each one).
+files() { sed -n 's/^GUEST: vda files \([0-9]*\).*/\1/p' "$C" | tail -n 1 | grep . || echo 0; }
+
+if wait_con 600 "GUEST: vda writing"; then
+	pass "guest booted ($accel) and made ext4 on the NBD disk at $(($(date +%s) - T0))s"
+else
+	fail "guest did not start writing"; tail -n 30 "$C"; cat "$W/qemu.out"; exit 1
+fi
+
+# --- three live renews while the guest writes; the last two throttled
+# (--rate 8 MB/s) so that the guest's writes surely land during the copy ---
+for k in 1 2 3; do
+	want=$(($(files) + 20))
+	n=300; while [ "$(files)" -lt $want ] && [ $n -gt 0 ]; do sleep 1; n=$((n - 1)); done
+	alloc=$("$BIN/renew-img" info "$W/disk.vhd" 2>&1 | sed -n 's/^allocated_bytes: //p')
+	rate=""; [ $k -gt 1 ] && rate="--rate 8"
+	f0=$(files)
+	out=$(timeout 900 "$BIN/tap-ctl-renew" renew -p "$DPID" -m "$MINOR" --wait $rate 2>&1)
+	rc=$?
+	f1=$(files)
+	what="renew $k ${rate:+($rate) }under load: $out; overlay had ${alloc:-?} bytes; guest files $f0 -> $f1 during it"
+	if [ $rc != 0 ] || ! echo "$out" | grep -q "bytes committed"; then
+		fail "$what (exit $rc)"
+	elif [ $k -gt 1 ] && [ "$f1" -le "$f0" ]; then
+		fail "$what: the guest wrote nothing during the renew"
+	else
+		pass "$what"
+	fi
+done
+want=$(($(files) + 10)); n=300
+while [ "$(files)" -lt $want ] && [ $n -gt 0 ]; do sleep 1; n=$((n - 1)); done
+check "guest keeps writing after the renews ($(files) files)" [ "$(files)" -ge $want ]
+grep "GUEST-FAIL" "$C" && fail "guest reported failures"
+
+echo stop >&7
+if wait_con 900 "GUEST-VERIFY-"; then
+	l=$(grep "GUEST-VERIFY-" "$C" | head -n 1 | tr -d '\r')
+	case "$l" in GUEST-VERIFY-OK*) pass "guest verified every file with cold caches: $l" ;; *) fail "guest verify: $l" ;; esac
+else
+	fail "guest verify did not finish"; tail -n 20 "$C"
+fi
+n=120; while kill -0 "$QPID" 2>/dev/null && [ $n -gt 0 ]; do sleep 1; n=$((n - 1)); done
+check "guest powered off" sh -c "! kill -0 $QPID 2>/dev/null && grep -q GUEST-DONE '$C'"
+QPID=""
+
+# --- the host's view of the disk ---
+stats=$("$BIN/tap-ctl-renew" stats -p "$DPID" -m "$MINOR" 2>&1)
+echo "$stats" >"$W/stats.json"
+check "daemon stats: no I/O errors" python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+def errs(o):
+    if isinstance(o, dict):
+        return sum(v for k, v in o.items() if "error" in k and isinstance(v, int)) + sum(errs(v) for v in o.values())
+    return 0
+sys.exit(errs(j) != 0)' "$W/stats.json"
+if nbdcopy "nbd+unix:///?socket=$SOCK" "$W/export.raw" 2>"$W/nbdcopy.err"; then
+	check "host e2fsck -fn on the export" sh -c "e2fsck -fn '$W/export.raw' >'$W/fsck.out' 2>&1 || { tail -n 20 '$W/fsck.out'; false; }"
+	# every file the guest wrote, read out of the exported image by debugfs
+	mkdir -p "$W/files"
+	debugfs -R "dump /MANIFEST $W/files/MANIFEST" "$W/export.raw" >/dev/null 2>&1
+	awk -v d="$W/files" '{ print "dump /" $2 " " d "/" $2 }' "$W/files/MANIFEST" >"$W/dump.cmds" 2>/dev/null
+	debugfs -f "$W/dump.cmds" "$W/export.raw" >/dev/null 2>&1
+	check "host sha256sum -c of the guest's $(wc -l <"$W/files/MANIFEST" 2>/dev/null) files read from the export" \
+		sh -c "cd '$W/files' && sha256sum --quiet -c MANIFEST"
+else
+	fail "nbdcopy of the export: $(cat "$W/nbdcopy.err")"
+fi
+check "tap-ctl-renew destroy" "$BIN/tap-ctl-renew" destroy -p "$DPID" -m "$MINOR"
+DPID=""
+check "no daemon or socket left" sh -c "[ -z \"\$('$BIN/tap-ctl-renew' list)\" ] && ! ls '$RENEW_RUNDIR' | grep -q ."
+check "renew-img check: clean" "$BIN/renew-img" check "$W/disk.vhd"
+check "offline read (renew-img convert) equals the export" \
+	sh -c "'$BIN/renew-img' convert '$W/disk.vhd' - | cmp - '$W/export.raw'"
+say "done"
