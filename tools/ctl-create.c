@@ -195,6 +195,28 @@ static void find_by_device(const struct opts *o, int *pid, int *minor)
 		die(o, "no disk is connected to %s", o->device);
 }
 
+/* A renew owns the disk until it ends: refuse before touching the device,
+ * or the guest would lose /dev/nbdN while the daemon keeps the disk. */
+static void refuse_while_renewing(const struct opts *o, int pid, int minor)
+{
+	struct ctl_msg req, rep;
+	char err[CTL_ERRLEN];
+	const char *state, *pct;
+
+	req_init(&req, "job-status", minor);
+	if (call_quiet(pid, &req, &rep, TOOL_TIMEOUT_MS, err, sizeof(err))) {
+		ctl_msg_free(&req);
+		return;  /* no renew on this disk */
+	}
+	ctl_msg_free(&req);
+	state = ctl_msg_get(&rep, "job.state");
+	pct = ctl_msg_get(&rep, "job.percent");
+	if (state && strcmp(state, "done") && strcmp(state, "failed"))
+		die(o, "minor %d: a renew is running (%s, %s%%); destroy it once the renew ends (see stats)",
+		    minor, state, pct ? pct : "?");
+	ctl_msg_free(&rep);
+}
+
 int cmd_destroy(const struct opts *o)
 {
 	struct vbd_list l = { 0 };
@@ -209,6 +231,7 @@ int cmd_destroy(const struct opts *o)
 	if (l.n == 0)
 		die(o, "minor %d is not attached to daemon %d", minor, pid);
 	e = &l.e[0];
+	refuse_while_renewing(o, pid, minor);
 	if (e->device && nbd_disconnect(e->device, err, sizeof(err)))
 		die(o, "minor %d (%s): %s", minor, e->params ? e->params : "-", err);
 	if (e->params && simple_verb(o, "close", pid, minor))
