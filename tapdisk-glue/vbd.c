@@ -173,23 +173,6 @@ static int image_open(td_vbd_t *vbd, int type, const char *path, td_flag_t flags
 	return 0;
 }
 
-/* A parent path as given by the child, relative ones taken from the
- * child's directory. Returns a malloc'd path. */
-static char *parent_path(const char *child, const char *name)
-{
-	char *dir, *copy, *res;
-
-	if (name[0] == '/')
-		return strdup(name);
-	copy = strdup(child);
-	if (!copy)
-		return NULL;
-	dir = dirname(copy);
-	if (asprintf(&res, "%s/%s", dir, name) < 0)
-		res = NULL;
-	free(copy);
-	return res;
-}
 
 /* Open the parents of `image` until one has none. */
 static int chain_open_parents(td_vbd_t *vbd, td_image_t *image, td_flag_t flags, char *err, size_t errlen)
@@ -226,7 +209,7 @@ static int chain_open_parents(td_vbd_t *vbd, td_image_t *image, td_flag_t flags,
 				child->name, MAX_CHAIN);
 			return -ELOOP;
 		}
-		path = parent_path(child->name, id.name);
+		path = strdup(id.name);  /* the driver resolved it already */
 		free(id.name);
 		if (!path) {
 			set_err(err, errlen, "open: %s: out of memory", child->name);
