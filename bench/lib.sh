@@ -156,7 +156,7 @@ for f in sys.argv[1:]:
 # programs_line: which build of the programs a run used (for the table).
 programs_line() {
 	local b=${BIN:-$TOP/bin}
-	echo "programs: $b (tapdisk-renew built $(date -r "$b/tapdisk-renew" '+%F %T'); repository at $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+	echo "programs: $b (tapdisk-renew built $(date -r "$b/tapdisk-renew" '+%F %T'); repository HEAD at the end of the run: $(git -C "$TOP" rev-parse --short HEAD 2>/dev/null || echo "?"))"
 }
 
 # sha256 [FILE]: the hex digest of FILE or of standard input (OpenSSL's
