@@ -733,6 +733,11 @@ static int renew_lock(td_driver_t *drv, int op)
 	return flock(s->vhd.fd, op) ? -errno : 0;
 }
 
+static int renew_renew_prepare(td_driver_t *drv, struct td_renew_job *job)
+{
+	return renew_copy_prepare(drv->data, job);
+}
+
 static int renew_renew_begin(td_driver_t *drv, struct td_renew_job *job)
 {
 	return renew_copy_begin(drv->data, job);
@@ -762,6 +767,7 @@ const struct tap_disk tapdisk_renew = {
 	.td_debug = renew_debug,
 	.td_stats = renew_stats,
 	.td_lock = renew_lock,
+	.td_renew_prepare = renew_renew_prepare,
 	.td_renew_begin = renew_renew_begin,
 	.td_renew_swap = renew_renew_swap,
 	.td_renew_end = renew_renew_end,

@@ -47,6 +47,7 @@ struct renew_state {
 	uint64_t full_blocks;
 	td_driver_t *drv;
 	struct renew_copy *copy;    /* a commit into the parent, when running */
+	struct renew_copy *prepared; /* checked and opened, not started yet */
 };
 
 /* block-renew.c, for renew-copy.c */
@@ -63,6 +64,7 @@ void renew_copy_write(struct renew_state *s, td_request_t treq);
 void renew_copy_note_guest(struct renew_state *s);
 /* A guest flush during a commit: the parent too. */
 void renew_copy_flush(struct renew_state *s, td_request_t treq);
+int renew_copy_prepare(struct renew_state *s, struct td_renew_job *job);
 int renew_copy_begin(struct renew_state *s, struct td_renew_job *job);
 void renew_copy_swap(struct renew_state *s, struct td_renew_job *job);
 void renew_copy_end(struct renew_state *s, struct td_renew_job *job);

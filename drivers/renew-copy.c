@@ -3,13 +3,18 @@
  *
  * The copier takes allocated blocks in order, COPY_SLOTS at a time: one
  * read of the block from the overlay, then one write into the parent per
- * run of present sectors. Guest writes meanwhile go to both images (write
- * through) and are acknowledged when both are done, so the parent is
- * complete when the copier reaches the end. A guest write and the copy of
- * the same block are serialized: the copier claims a block only once the
- * guest writes to it are done, and guest writes to a claimed block wait
- * for its copy; otherwise the copier could write older data over a newer
- * guest write in the parent, which the swap would then expose.
+ * run of present sectors. Guest writes meanwhile go to the overlay, and to
+ * blocks the copier has passed also to the parent (write through, acked
+ * when both are done); a block still ahead of the copier gets its new data
+ * from the copier. So the parent is complete when the copier reaches the
+ * end, and a guest writing ahead of the copier pays one write, not two.
+ * The overlay stays the disk's authority until the rename.
+ *
+ * A guest write and the copy of the same block are serialized: the copier
+ * claims a block only once the guest writes to it are done, and guest
+ * writes to a claimed block wait for its copy; otherwise the copier could
+ * write older data over a newer guest write in the parent, which the swap
+ * would then expose.
  *
  * The swap (paused, see renew-job.c): parent durable, rename(fresh, path)
  * (the commit point), directory durable. Until the rename the disk is the
@@ -152,11 +157,14 @@ static void wt_done(td_request_t treq, int err)
 	td_complete_request(orig, res);
 }
 
-/* Send one block's piece of a guest write to the overlay and the parent. */
+/* Send one block's piece of a guest write to the overlay, and to the
+ * parent too once the copier has passed the block: a block still ahead
+ * gets the write from the copier, which reads it only when it is quiet. */
 static void wt_issue(struct renew_copy *c, td_request_t p, uint32_t blk)
 {
 	struct wt_write *w = calloc(1, sizeof(*w));
 	td_request_t local = p, remote = p;
+	int through = blk < c->next_blk;
 
 	if (!w) {
 		td_complete_request(p, -ENOMEM);
@@ -165,13 +173,14 @@ static void wt_issue(struct renew_copy *c, td_request_t p, uint32_t blk)
 	w->orig = p;
 	w->c = c;
 	w->blk = blk;
-	w->pending = 2;
+	w->pending = through ? 2 : 1;
 	c->wr_inflight[blk]++;
 	local.cb = remote.cb = wt_done;
 	local.cb_data = remote.cb_data = w;
 	remote.image = c->target->image;
 	renew_write_local(c->s, local);
-	c->target->ops->td_queue_write(c->target, remote);
+	if (through)
+		c->target->ops->td_queue_write(c->target, remote);
 }
 
 /* Hold a guest write until the copy of its block is done. */
@@ -364,6 +373,7 @@ static void slot_read_done(void *arg, struct tiocb *t, int err)
 			w.image = c->target->image;
 			w.cb = slot_write_done;
 			w.cb_data = slot;
+			c->job->bytes_copied += (uint64_t)n << VHD_SECTOR_SHIFT;
 			slot->pending++;
 			c->target->ops->td_queue_write(c->target, w);
 		}
@@ -382,7 +392,10 @@ static void slot_start_read(struct copy_slot *slot)
 	int err = 0;
 
 	slot->state = SLOT_READ;
-	if (renew_block_full(s, slot->blk)) {
+	if (!vhd_block_allocated(&s->vhd, slot->blk)) {
+		/* the write that drained failed before allocating it */
+		first = last;
+	} else if (renew_block_full(s, slot->blk)) {
 		memset(slot->bm, 0xFF, sizeof(slot->bm));
 	} else {
 		bm = renew_block_bitmap(s, slot->blk, &err);
@@ -453,7 +466,8 @@ static void copy_pump(struct renew_copy *c)
 			break;
 		}
 		blk = c->next_blk++;
-		if (!vhd_block_allocated(&s->vhd, blk))
+		/* a write in flight may be allocating it: wait and look again */
+		if (!vhd_block_allocated(&s->vhd, blk) && !c->wr_inflight[blk])
 			continue;
 		r = td_fault("renew.copy");
 		if (r) {
@@ -786,7 +800,10 @@ static void copy_free(struct renew_copy *c)
 	free(c);
 }
 
-int renew_copy_begin(struct renew_state *s, struct td_renew_job *job)
+/* Everything the commit needs that the guest need not wait for: the
+ * guards (a directory scan, the parent's holes), the lock, the parent
+ * opened for writing. */
+int renew_copy_prepare(struct renew_state *s, struct td_renew_job *job)
 {
 	td_image_t *pimg = s->drv->image ? s->drv->image->next : NULL;
 	size_t block = (size_t)s->vhd.spb << VHD_SECTOR_SHIFT;
@@ -798,7 +815,7 @@ int renew_copy_begin(struct renew_state *s, struct td_renew_job *job)
 		EPRINTF("renew: %s: not a differencing VHD: there is no parent to commit into", s->vhd.path);
 		return -EINVAL;
 	}
-	if (s->copy) {
+	if (s->copy || s->prepared) {
 		EPRINTF("renew: %s: a renew is already running", s->vhd.path);
 		return -EBUSY;
 	}
@@ -833,18 +850,33 @@ int renew_copy_begin(struct renew_state *s, struct td_renew_job *job)
 		r = -EIO;
 		goto fail;
 	}
-	job->bytes_total = s->blocks_allocated * block;
-	job->bytes_done = 0;
-	c->start_ns = sched_now_ns();
-	s->copy = c;
-	/* after the job resumes the guest: the copy may end at once */
-	sched_timer(0, copy_start, c);
+	s->prepared = c;
 	return 0;
 fail:
 	if (c->locked_ex)
 		c->parent->ops->td_lock(c->parent, LOCK_SH | LOCK_NB);
 	copy_free(c);
 	return r;
+}
+
+/* Paused, nothing in flight: from now on guest writes go through the
+ * copier's rules. The estimate counts the blocks allocated right now. */
+int renew_copy_begin(struct renew_state *s, struct td_renew_job *job)
+{
+	struct renew_copy *c;
+	int r;
+
+	if (!s->prepared && (r = renew_copy_prepare(s, job)))
+		return r;
+	c = s->prepared;
+	s->prepared = NULL;
+	job->bytes_total = s->blocks_allocated * ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
+	job->bytes_done = job->bytes_copied = 0;
+	c->start_ns = sched_now_ns();
+	s->copy = c;
+	/* after the job resumes the guest: the copy may end at once */
+	sched_timer(0, copy_start, c);
+	return 0;
 }
 
 /* History: give the old overlay a name in the history directory, durable
@@ -875,18 +907,17 @@ static int keep_overlay(struct renew_copy *c)
 	return err;
 }
 
-/* The parent is durable: the rename makes the fresh overlay the disk. */
-static void swap_flushed(td_request_t treq, int err)
+/* Paused: the rename makes the fresh overlay the disk. Every block the
+ * copier wrote is durable in the parent (copy_finish); what the guest
+ * wrote through since then is durable once the job's sync after the resume
+ * is done, and the guest's flushes wait for it: a power loss before then
+ * may lose only writes the guest has not flushed, as with any disk. */
+void renew_copy_swap(struct renew_state *s, struct td_renew_job *job)
 {
-	struct renew_copy *c = treq.cb_data;
-	struct renew_state *s = c->s;
+	struct renew_copy *c = s->copy;
 	char *dir;
+	int err;
 
-	if (err) {
-		EPRINTF("renew: %s: flush of parent %s: %s", s->vhd.path, c->parent_path, strerror(-err));
-		td_renew_swapped(c->job, err);
-		return;
-	}
 	if (c->job->keep_path && (err = keep_overlay(c))) {
 		td_renew_swapped(c->job, err);
 		return;
@@ -908,24 +939,13 @@ static void swap_flushed(td_request_t treq, int err)
 	dir = strdup(s->vhd.path);
 	c->job->sync_dir = dir ? strdup(dirname(dir)) : NULL;
 	free(dir);
+	c->job->sync_parent = strdup(c->parent_path);
 	td_renew_swapped(c->job, 0);
-}
-
-void renew_copy_swap(struct renew_state *s, struct td_renew_job *job)
-{
-	struct renew_copy *c = s->copy;
-	td_request_t fl;
-
-	memset(&fl, 0, sizeof(fl));
-	fl.image = c->target->image;
-	fl.cb = swap_flushed;
-	fl.cb_data = c;
-	c->target->ops->td_queue_flush(c->target, fl);
 }
 
 void renew_copy_end(struct renew_state *s, struct td_renew_job *job)
 {
-	struct renew_copy *c = s->copy;
+	struct renew_copy *c = s->copy ? s->copy : s->prepared;
 
 	if (!c)
 		return;
@@ -934,6 +954,6 @@ void renew_copy_end(struct renew_state *s, struct td_renew_job *job)
 	if (c->locked_ex)
 		c->parent->ops->td_lock(c->parent, LOCK_SH | LOCK_NB);
 	unlink(c->tmp_path);
-	s->copy = NULL;
+	s->copy = s->prepared = NULL;
 	copy_free(c);
 }

@@ -594,6 +594,7 @@ static int verb_job_status(struct ctl_req *r)
 	ctl_msg_set(&r->rep, "job.state", st.state_name);
 	ctl_msg_setf(&r->rep, "job.done", "%llu", (unsigned long long)st.bytes_done);
 	ctl_msg_setf(&r->rep, "job.total", "%llu", (unsigned long long)st.bytes_total);
+	ctl_msg_setf(&r->rep, "job.copied", "%llu", (unsigned long long)st.bytes_copied);
 	ctl_msg_setf(&r->rep, "job.percent", "%.1f", st.percent);
 	ctl_msg_setf(&r->rep, "job.mb_per_s", "%.1f", st.mb_per_s);
 	ctl_msg_setf(&r->rep, "job.eta_s", "%.0f", st.eta_s);

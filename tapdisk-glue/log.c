@@ -12,6 +12,7 @@
 
 static int log_syslog;
 static int log_level = -1;
+static const char *log_name = "tapdisk-renew";
 static char last_error[512];
 
 /* The threshold: RENEW_DEBUG=1 shows debug messages, which are off otherwise. */
@@ -22,6 +23,14 @@ static int tlog_threshold(void)
 		log_level = (d && *d && strcmp(d, "0")) ? TLOG_DBG : TLOG_INFO;
 	}
 	return log_level;
+}
+
+void tlog_setup(const char *name, int level)
+{
+	const char *d = getenv("RENEW_DEBUG");
+
+	log_name = name;
+	log_level = (d && *d && strcmp(d, "0")) ? TLOG_DBG : level;
 }
 
 /* Send further messages to syslog (the detached daemon has no stderr). */
@@ -75,7 +84,7 @@ void tlog(int level, const char *fmt, ...)
 		clock_gettime(CLOCK_REALTIME, &ts);
 		localtime_r(&ts.tv_sec, &tm);
 		strftime(when, sizeof(when), "%H:%M:%S", &tm);
-		fprintf(stderr, "tapdisk-renew[%s.%03ld] %s%s\n", when, ts.tv_nsec / 1000000,
+		fprintf(stderr, "%s[%s.%03ld] %s%s\n", log_name, when, ts.tv_nsec / 1000000,
 			level <= TLOG_ERR ? "error: " : level == TLOG_WARN ? "warning: " : "", msg);
 	}
 	errno = saved;

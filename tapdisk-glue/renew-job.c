@@ -64,11 +64,20 @@ int tapdisk_renew_running(td_vbd_t *vbd)
 	return j && j->state != RENEW_DONE && j->state != RENEW_FAILED;
 }
 
-#define TRIM_STEP (64ll << 20)
+#define TRIM_STEP (16ll << 20)
 
-/* Free the old overlay's blocks a slice at a time from the end: one huge
- * truncate holds the filesystem's journal long enough to stall the
- * guest's own writes. */
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Free the old overlay's blocks a slice at a time from the end, resting
+ * three times as long as each slice took: one huge truncate (with discard
+ * on, a discard per extent) holds the filesystem long enough to stall the
+ * guest's own writes, and a busy disk should go to the guest first. */
 static void *close_fd_thread(void *arg)
 {
 	int fd = (int)(intptr_t)arg;
@@ -76,12 +85,18 @@ static void *close_fd_thread(void *arg)
 
 	if (!fstat(fd, &st) && st.st_nlink == 0) {
 		for (off_t size = st.st_size; size > 0;) {
-			struct timespec rest = { 0, 2000000 };
+			uint64_t t0 = mono_ns(), rest;
+			struct timespec ts;
 
 			size = size > TRIM_STEP ? size - TRIM_STEP : 0;
 			if (ftruncate(fd, size))
 				break;
-			nanosleep(&rest, NULL);
+			rest = (mono_ns() - t0) * 3;
+			if (rest < 2000000)
+				rest = 2000000;
+			ts.tv_sec = (time_t)(rest / 1000000000ull);
+			ts.tv_nsec = (long)(rest % 1000000000ull);
+			nanosleep(&ts, NULL);
 		}
 	}
 	close(fd);
@@ -147,13 +162,13 @@ static void job_finish(struct renew_job *j, int err, const char *fmt, ...)
 		tlog(TLOG_ERR, "renew: minor %d: %s", j->vbd->minor, j->why);
 	else
 		tlog(TLOG_INFO, "renew: minor %d: done, %llu bytes committed, longest pause %.1f ms",
-		     j->vbd->minor, (unsigned long long)j->td.bytes_done, j->pause_max_ns / 1e6);
+		     j->vbd->minor, (unsigned long long)j->td.bytes_copied, j->pause_max_ns / 1e6);
 	if (j->done)
 		j->done(j->vbd, j->err, j->why, j->arg);
 }
 
-/* Paused at the start: the driver checks the parent and turns on
- * write-through; the guest resumes at once. */
+/* Paused at the start, the checks done: the driver starts the copy and
+ * its write path; the guest resumes at once. */
 static void job_paused_start(td_vbd_t *vbd, void *arg)
 {
 	struct renew_job *j = arg;
@@ -250,19 +265,32 @@ static void job_record(struct renew_job *j)
 	}
 }
 
-/* In a thread: make the rename of the fresh overlay durable. */
-static int sync_dir(void *arg)
+/* fsync (or fdatasync) of the file or directory at `path`. */
+static int sync_path(const char *path, int flags, int data_only)
 {
-	struct renew_job *j = arg;
 	int fd, r = 0;
 
-	if (!j->td.sync_dir)
+	if (!path)
 		return -ENOMEM;
-	fd = open(j->td.sync_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0 || fsync(fd))
+	fd = open(path, O_RDONLY | O_CLOEXEC | flags);
+	if (fd < 0 || (data_only ? fdatasync(fd) : fsync(fd)))
 		r = -errno;
 	if (fd >= 0)
 		close(fd);
+	return r;
+}
+
+/* In a thread, after the resume: the parent, with the guest's last
+ * write-through writes, then the rename of the fresh overlay, durable. */
+static int sync_dir(void *arg)
+{
+	struct renew_job *j = arg;
+	int r = td_fault("renew.sync");
+
+	if (!r)
+		r = sync_path(j->td.sync_parent, 0, 1);
+	if (!r)
+		r = sync_path(j->td.sync_dir, O_DIRECTORY, 0);
 	return r;
 }
 
@@ -271,12 +299,20 @@ static void job_dir_synced(void *arg, int rc)
 {
 	struct renew_job *j = arg;
 
-	if (rc)
-		tlog(TLOG_WARN, "renew: minor %d: fsync of %s: %s; guest flushes go on", j->vbd->minor,
-		     j->td.sync_dir ? j->td.sync_dir : "the directory", strerror(-rc));
+	if (rc) {
+		/* before the guest's flushes go on: they must not report success */
+		tapdisk_vbd_flush_error(j->vbd, rc);
+		job_finish(j, rc, "the fresh overlay is in place, but the parent %s or the rename in %s "
+			   "could not be made durable: %s; the guest's next flush fails",
+			   j->td.sync_parent ? j->td.sync_parent : "?", j->td.sync_dir ? j->td.sync_dir : "?",
+			   strerror(-rc));
+	}
 	free(j->td.sync_dir);
-	j->td.sync_dir = NULL;
+	free(j->td.sync_parent);
+	j->td.sync_dir = j->td.sync_parent = NULL;
 	tapdisk_vbd_gate_flushes(j->vbd, 0);
+	if (rc)
+		return;
 	if (j->hist && j->td.keep_path) {
 		job_record(j);
 		return;
@@ -330,6 +366,18 @@ static void job_begin(void *arg)
 		return;
 	}
 	j->state = RENEW_STARTING;
+	if (j->drv->ops->td_renew_prepare) {
+		int r;
+
+		tlog_clear_error();
+		r = j->drv->ops->td_renew_prepare(j->drv, &j->td);
+		if (r) {
+			const char *why = tlog_last_error();
+
+			job_finish(j, r, "%s", *why ? why : strerror(-r));
+			return;
+		}
+	}
 	job_pause(j, job_paused_start);
 }
 
@@ -447,6 +495,7 @@ int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st)
 	st->state_name = state_name(j->state);
 	st->commit_only = j->td.commit_only;
 	st->bytes_done = j->td.bytes_done;
+	st->bytes_copied = j->td.bytes_copied;
 	st->bytes_total = j->td.bytes_total;
 	if (ms)
 		st->mb_per_s = (double)j->td.bytes_done / 1048576.0 / ((double)ms / 1000.0);
@@ -487,11 +536,11 @@ char *tapdisk_renew_status_json(td_vbd_t *vbd)
 	why[k] = '\0';
 	if (asprintf(&out,
 		     "{\"state\":\"%s\",\"commit_only\":%s,\"percent\":%.1f,\"bytes_done\":%llu,"
-		     "\"bytes_total\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
+		     "\"bytes_total\":%llu,\"bytes_copied\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
 		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"%s}",
 		     st.state_name, st.commit_only ? "true" : "false", st.percent,
 		     (unsigned long long)st.bytes_done, (unsigned long long)st.bytes_total,
-		     st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why, hist) < 0)
+		     (unsigned long long)st.bytes_copied, st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why, hist) < 0)
 		return NULL;
 	return out;
 }

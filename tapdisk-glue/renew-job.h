@@ -42,7 +42,8 @@ struct renew_status {
 	int state;
 	const char *state_name;
 	int commit_only;
-	uint64_t bytes_done, bytes_total;
+	uint64_t bytes_done, bytes_total;    /* progress, in the overlay's blocks */
+	uint64_t bytes_copied;               /* written into the parent */
 	double percent, mb_per_s, eta_s;     /* eta_s < 0: unknown */
 	double elapsed_s;
 	double pause_max_ms, pause_total_ms;

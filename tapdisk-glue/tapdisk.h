@@ -100,9 +100,12 @@ struct tap_disk {
 	/* Convert the image's lock (LOCK_SH / LOCK_EX, with LOCK_NB): renew
 	 * takes its parent exclusively for the commit. */
 	int (*td_lock)(td_driver_t *drv, int op);
-	/* Renew (overlays only; see renew-job.h). Called with the vbd paused:
-	 * check the parent, open it for writing, start the commit copy and
-	 * send guest writes to both images until td_renew_end. */
+	/* Renew (overlays only; see renew-job.h). Called while the guest
+	 * runs: check the parent and open it for writing, so the pause that
+	 * follows does not wait for the checks. Optional. */
+	int (*td_renew_prepare)(td_driver_t *drv, struct td_renew_job *job);
+	/* Called with the vbd paused: (prepare if not done,) start the commit
+	 * copy and send guest writes to the parent too until td_renew_end. */
 	int (*td_renew_begin)(td_driver_t *drv, struct td_renew_job *job);
 	/* Called paused, once the copy is over: make the parent durable and
 	 * rename the fresh overlay over the image (the commit point). */
@@ -185,9 +188,11 @@ struct td_renew_job {
 	int force;              /* skip the guards on the parent */
 	uint64_t rate_bps;      /* copy at most this fast (0 = no limit) */
 	uint64_t bytes_total;   /* the driver's estimate of the copy */
-	uint64_t bytes_done;
+	uint64_t bytes_done;     /* the overlay's blocks gone through (progress) */
+	uint64_t bytes_copied;   /* sectors written into the parent */
 	int old_fd;             /* set by the swap: the replaced overlay, still open */
 	char *sync_dir;         /* set by the swap: the directory to make durable (malloc'd) */
+	char *sync_parent;      /* set by the swap: the parent, to make durable (malloc'd) */
 	const char *keep_path;  /* history: hard-link the overlay here (durably) before the rename */
 	void *priv;             /* the runtime's */
 };
@@ -213,6 +218,9 @@ void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 #define TLOG_DBG  7
 /* Send later messages to syslog (the detached daemon). */
 void tlog_to_syslog(const char *ident);
+/* A tool hosting the runtime: its own name on stderr lines, and the least
+ * important level it shows (RENEW_DEBUG=1 still shows everything). */
+void tlog_setup(const char *name, int level);
 /* The last TLOG_ERR message ("" after tlog_clear_error()): the vbd copies a
  * driver's own open error into the control reply. */
 const char *tlog_last_error(void);

@@ -493,6 +493,14 @@ static void start_flush(td_vbd_request_t *vreq)
 	}
 	vreq->phase = PH_FLUSH;
 	vreq->secs_pending = 1; /* bias while issuing */
+	if (vbd->flush_err) {
+		int err = vbd->flush_err;
+
+		if (!vbd->gated)
+			vbd->flush_err = 0;  /* reported once, to every flush waiting */
+		vreq_account(vreq, 1, err);
+		return;
+	}
 	vreq->issuing = 1;
 	for (image = vreq->vbd->top; image; image = image->next) {
 		td_driver_t *drv = image->driver;
@@ -518,6 +526,11 @@ void tapdisk_vbd_gate_flushes(td_vbd_t *vbd, int closed)
 		vbd->gated = vreq->gate_next;
 		start_flush(vreq);
 	}
+}
+
+void tapdisk_vbd_flush_error(td_vbd_t *vbd, int err)
+{
+	vbd->flush_err = err;
 }
 
 /* Issue write-zeroes pieces from the shared buffer while the window allows. */

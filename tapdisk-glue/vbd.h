@@ -68,6 +68,7 @@ struct td_vbd_handle {
 	int holds;               /* internal pauses (renew, shutdown): counted */
 	int flush_gate;          /* closed: flushes wait (renew's directory sync) */
 	td_vbd_request_t *gated; /* the flushes waiting, oldest first */
+	int flush_err;           /* what the next flush (or the gated ones) must report */
 	void *nbd;               /* the NBD export of this vbd, if any */
 	struct list_head entry;  /* all vbds of the daemon */
 };
@@ -93,6 +94,9 @@ void tapdisk_vbd_hold(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg
  * flush phase) wait, so nothing is reported durable before something the
  * runtime still has to make durable (a renamed overlay's directory). */
 void tapdisk_vbd_gate_flushes(td_vbd_t *vbd, int closed);
+/* Data the guest wrote could not be made durable behind the vbd's back
+ * (renew's sync of the parent): the next flush, or the gated ones, fail. */
+void tapdisk_vbd_flush_error(td_vbd_t *vbd, int err);
 /* End one hold, reopening `params` first when non-NULL. */
 int tapdisk_vbd_release(td_vbd_t *vbd, const char *params, char *err, size_t errlen);
 /* Run the aio queue until nothing of the vbd is in flight (at most

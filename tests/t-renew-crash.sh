@@ -78,3 +78,17 @@ for p in renew.copy:1 renew.copy:3 renew.copy:6 renew.copy.write:2 renew.before_
 	live=$((live + 1))
 done
 ok "daemon killed at $live points of a live renew under writes: acknowledged writes survive"
+
+# the sync after the swap fails (the parent's fdatasync or the directory's
+# fsync): the renew reports it, the guest's next flush fails instead of
+# claiming durability, later flushes and the data are fine
+rm -rf "$T/run"; cp -a "$T/orig" "$T/run"
+RENEW_FAULT=renew.sync:1:eio start_disk "renew:$T/run/vm.vhd"
+qio "$SOCK" "write -P 77 1048576 65536" >/dev/null || fail "sync: write"
+tapctl renew -p "$PID" -m "$MINOR" --wait >"$T/out" 2>&1 && fail "sync: renew reported success"
+grep -q "could not be made durable" "$T/out" || { cat "$T/out"; fail "sync: no clear error"; }
+qio "$SOCK" flush >"$T/qio" 2>&1 && { cat "$T/qio"; fail "sync: the guest's flush after a failed sync succeeded"; }
+qio "$SOCK" flush "read -P 77 1048576 65536" >"$T/qio" 2>&1 && ! grep -qi "error\|fail" "$T/qio" || fail "sync: a later flush or the data"
+tapctl destroy -p "$PID" -m "$MINOR" >/dev/null || fail "sync: destroy"
+img check "$T/run/vm.vhd" >"$T/check" || { cat "$T/check"; fail "sync: check"; }
+ok "a failed sync after the swap: reported, the guest's next flush fails, nothing lost"

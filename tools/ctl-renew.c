@@ -53,7 +53,7 @@ static int follow(const struct opts *o)
 			if (tty)
 				fprintf(stderr, "\r%70s\r", "");
 			printf("renew: pid=%d minor=%d: %s bytes committed in %ss, longest pause %s ms\n",
-			       o->pid, o->minor, get(&rep, "job.done"), get(&rep, "job.elapsed_s"),
+			       o->pid, o->minor, get(&rep, "job.copied"), get(&rep, "job.elapsed_s"),
 			       get(&rep, "job.pause_max_ms"));
 			if (ctl_msg_get(&rep, "job.history"))
 				printf("history: %s: generation %s%s%s\n", get(&rep, "job.history"),

@@ -88,7 +88,7 @@ static int run_one(const char *path, const struct renew_opts *opts, int quiet)
 	}
 	if (!quiet && !tapdisk_renew_status(r.vbd, &st))
 		printf("%s: %s: %llu bytes committed into the parent in %.2fs%s\n",
-		       opts->commit_only ? "commit" : "renew", path, (unsigned long long)st.bytes_done,
+		       opts->commit_only ? "commit" : "renew", path, (unsigned long long)st.bytes_copied,
 		       st.elapsed_s, opts->commit_only ? "" : "; the overlay is fresh");
 	if (!quiet && st.history_dir && !opts->commit_only)
 		printf("history: %s: generation %ld%s%s\n", st.history_dir, st.generation,

@@ -45,7 +45,9 @@
  *   job-status minor   the current or last renew of the minor: job.kind
  *                      (renew|commit), job.state (starting, saving-base,
  *                      copying, swapping, reopening, recording, done,
- *                      failed), job.done, job.total (bytes), job.percent,
+ *                      failed), job.done, job.total (bytes of the overlay's
+ *                      blocks, for progress), job.copied (bytes written into
+ *                      the parent), job.percent,
  *                      job.mb_per_s, job.eta_s (-1 unknown), job.elapsed_s,
  *                      job.pause_max_ms; when failed job.errno and job.msg;
  *                      with a history job.history and job.generation (and
