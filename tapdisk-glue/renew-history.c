@@ -1,17 +1,13 @@
-/* The renew job's history steps in a thread (see renew-history.h). A step
- * runs the history library on its own copy of everything it needs and
- * signals the loop through an eventfd; the loop joins the thread and
- * calls the job back. */
+/* The renew job's history steps in a worker thread (see renew-history.h):
+ * a step runs the history library on its own copy of everything it needs,
+ * and the job hears of its end on the loop. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 #include "history.h"
 #include "renew-history.h"
-#include "scheduler.h"
+#include "worker.h"
 #include "tapdisk.h"
 
 struct renew_history {
@@ -22,12 +18,9 @@ struct renew_history {
 	int64_t time_us;
 	struct hist_progress pr;
 	int (*step)(struct renew_history *rh);
-	int rc;
 	char why[HIST_ERRLEN];
-	pthread_t thread;
 	int busy;
 	int orphaned;                /* released while its step ran */
-	int efd, efd_id;
 	renew_history_cb_t done;
 	void *arg;
 };
@@ -49,16 +42,12 @@ static int step_record(struct renew_history *rh)
 	return hist_record(&rh->h, rh->gen, rh->disk, rh->time_us, &rh->pr, rh->why, sizeof(rh->why));
 }
 
-/* The thread: run the step, then wake the loop. */
-static void *step_thread(void *arg)
+/* In a worker thread: the step itself. */
+static int step_run(void *arg)
 {
 	struct renew_history *rh = arg;
-	uint64_t one = 1;
 
-	rh->rc = rh->step(rh);
-	if (write(rh->efd, &one, sizeof(one)) != sizeof(one))
-		tlog(TLOG_ERR, "history %s: cannot wake the event loop", rh->dir);
-	return NULL;
+	return rh->step(rh);
 }
 
 /* Close the history (its lock goes with it) and free. */
@@ -71,24 +60,17 @@ static void history_free(struct renew_history *rh)
 	free(rh);
 }
 
-/* The step's thread is done: back on the loop, tell the job. */
-static void step_ended(int fd, int events, void *arg)
+/* The step is done: back on the loop, tell the job. */
+static void step_ended(void *arg, int rc)
 {
 	struct renew_history *rh = arg;
-	uint64_t v;
 
-	if (read(fd, &v, sizeof(v)) != sizeof(v))
-		return;
-	pthread_join(rh->thread, NULL);
-	sched_unregister(rh->efd_id);
-	close(rh->efd);
-	rh->efd = -1;
 	rh->busy = 0;
 	if (rh->orphaned) {
 		history_free(rh);
 		return;
 	}
-	rh->done(rh->arg, rh->rc, rh->why);
+	rh->done(rh->arg, rc, rh->why);
 }
 
 /* Run `step` in a thread; `done` on the loop when it ends. */
@@ -100,25 +82,12 @@ static int step_start(struct renew_history *rh, int (*step)(struct renew_history
 	rh->step = step;
 	rh->done = done;
 	rh->arg = arg;
-	rh->rc = 0;
 	rh->why[0] = '\0';
 	rh->pr.done = rh->pr.total = 0;
-	rh->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (rh->efd < 0)
-		return -errno;
-	rh->efd_id = sched_register_fd(rh->efd, SCHED_READ, step_ended, rh);
-	if (rh->efd_id < 0) {
-		close(rh->efd);
-		return rh->efd_id;
-	}
-	r = pthread_create(&rh->thread, NULL, step_thread, rh);
-	if (r) {
-		sched_unregister(rh->efd_id);
-		close(rh->efd);
-		return -r;
-	}
-	rh->busy = 1;
-	return 0;
+	r = td_worker_run(step_run, rh, step_ended);
+	if (!r)
+		rh->busy = 1;
+	return r;
 }
 
 struct renew_history *renew_history_prepare(const char *dir, const char *disk, const char *base,
@@ -135,7 +104,6 @@ struct renew_history *renew_history_prepare(const char *dir, const char *disk, c
 		return NULL;
 	}
 	rh->h.dfd = rh->h.logfd = rh->h.lockfd = -1;
-	rh->efd = -1;
 	r = step_start(rh, step_prepare, done, arg);
 	if (r) {
 		snprintf(why, whylen, "history %s: start the preparation: %s", dir, strerror(-r));
