@@ -1,7 +1,13 @@
 #!/bin/sh
-# Install the Debian packages the build and the tests use, when missing.
+# install-deps.sh [PACKAGE...]: install the Debian packages the build and
+# the tests use (or the ones named), when missing.
 set -e
 pkgs="build-essential libaio-dev zlib1g-dev qemu-utils libnbd-bin nbdkit fio libvhdi-utils nbd-client valgrind util-linux e2fsprogs python3 clang libclang-rt-14-dev"
+opts=""
+if [ $# -gt 0 ]; then
+	pkgs="$*"
+	opts="--no-install-recommends"   # the VM tests' packages: only what they name
+fi
 missing=""
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -14,4 +20,4 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq $missing >/dev/null
+apt-get install -y -qq $opts $missing >/dev/null

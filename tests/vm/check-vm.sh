@@ -42,16 +42,8 @@ trap finish EXIT
 abort() { fail "$*"; exit 1; }
 
 # --- host packages, the build ---
-need=""
-for p in qemu-system-x86 busybox-static cpio e2fsprogs libnbd-bin; do
-	dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "install ok installed" || need="$need $p"
-done
-if [ -n "$need" ]; then
-	say "installing:$need"
-	export DEBIAN_FRONTEND=noninteractive
-	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
-		abort "apt-get install$need"
-fi
+"$TOP/tests/install-deps.sh" qemu-system-x86 busybox-static cpio e2fsprogs libnbd-bin ||
+	abort "installing the VM test's Debian packages"
 # a private copy of the programs: a rebuild of bin/ during the run must not
 # mix versions (tap-ctl-renew spawns the tapdisk-renew found next to itself)
 mkdir -p "$W/bin"

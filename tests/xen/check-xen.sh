@@ -38,16 +38,8 @@ trap finish EXIT
 abort() { fail "$*"; exit 1; }
 
 # --- host packages ---
-need=""
-for p in debootstrap qemu-system-x86 busybox-static cpio e2fsprogs; do
-	dpkg-query -W -f='${Status}' $p 2>/dev/null | grep -q "install ok installed" || need="$need $p"
-done
-if [ -n "$need" ]; then
-	say "installing:$need"
-	export DEBIAN_FRONTEND=noninteractive
-	{ apt-get update -qq && apt-get install -y -qq --no-install-recommends $need >/dev/null; } ||
-		abort "apt-get install$need"
-fi
+"$TOP/tests/install-deps.sh" debootstrap qemu-system-x86 busybox-static cpio e2fsprogs ||
+	abort "installing the Xen test's Debian packages"
 
 # --- the dom0 image, cached by recipe ---
 key=$(sha256sum "$HERE/build-rootfs.sh" | cut -c1-12)
