@@ -40,9 +40,11 @@
 
 #define COPY_SLOTS 8
 /* The guest counts as busy for this long after its last request: then the
- * copier keeps one block in flight and rests as long as each block took,
- * so the guest keeps at least half of the disk's time. */
+ * copier keeps one block in flight and rests GUEST_TURNS times as long as
+ * each block took, so the guest keeps about two thirds of the disk's time
+ * (its writes behind the copier cost it two writes each). */
 #define GUEST_BUSY_NS (100 * 1000000ull)
+#define GUEST_TURNS 2
 
 enum slot_state { SLOT_FREE = 0, SLOT_DRAIN, SLOT_READ, SLOT_WRITE };
 
@@ -298,8 +300,8 @@ static void slot_put(struct copy_slot *slot)
 		return;
 	slot->state = SLOT_FREE;
 	c->busy--;
-	/* a busy guest gets as much time as this block took */
-	c->next_claim_ns = sched_now_ns() * 2 - slot->start_ns;
+	/* a busy guest gets GUEST_TURNS times the time this block took */
+	c->next_claim_ns = sched_now_ns() + (sched_now_ns() - slot->start_ns) * GUEST_TURNS;
 	c->job->bytes_done += (uint64_t)c->s->vhd.spb << VHD_SECTOR_SHIFT;
 	claimed_set(c, blk, 0);
 	wt_release(c, blk);
