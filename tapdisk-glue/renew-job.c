@@ -26,6 +26,7 @@ struct renew_job {
 	char why[512];
 	uint64_t start_ns, copy_end_ns, end_ns;
 	uint64_t pause_start_ns, pause_max_ns, pause_total_ns;
+	uint64_t drain_max_ns;        /* of a pause: waiting for the requests in flight */
 	renew_done_cb_t done;
 	void *arg;
 	struct list_head entry;
@@ -124,6 +125,16 @@ static void job_pause(struct renew_job *j, void (*cb)(td_vbd_t *, void *))
 	tapdisk_vbd_hold(j->vbd, cb, j);
 }
 
+/* Paused: the requests in flight are done. How long that took is the part
+ * of a pause that the disk, not the renew, decides. */
+static void job_drained(struct renew_job *j)
+{
+	uint64_t d = sched_now_ns() - j->pause_start_ns;
+
+	if (d > j->drain_max_ns)
+		j->drain_max_ns = d;
+}
+
 /* Resume the vbd (reopening `params` when non-NULL); the pause ends here. */
 static int job_unpause(struct renew_job *j, const char *params)
 {
@@ -174,6 +185,7 @@ static void job_paused_start(td_vbd_t *vbd, void *arg)
 	struct renew_job *j = arg;
 	int r;
 
+	job_drained(j);
 	tlog_clear_error();
 	r = j->drv->ops->td_renew_begin(j->drv, &j->td);
 	if (r) {
@@ -192,6 +204,7 @@ static void job_paused_end(td_vbd_t *vbd, void *arg)
 {
 	struct renew_job *j = arg;
 
+	job_drained(j);
 	j->drv->ops->td_renew_end(j->drv, &j->td);
 	job_unpause(j, NULL);
 	job_finish(j, 0, NULL);
@@ -202,6 +215,7 @@ static void job_paused_swap(td_vbd_t *vbd, void *arg)
 {
 	struct renew_job *j = arg;
 
+	job_drained(j);
 	j->state = RENEW_SWAPPING;
 	j->drv->ops->td_renew_swap(j->drv, &j->td);
 }
@@ -466,7 +480,7 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	j->why[0] = '\0';
 	j->start_ns = sched_now_ns();
 	j->copy_end_ns = j->end_ns = 0;
-	j->pause_max_ns = j->pause_total_ns = 0;
+	j->pause_max_ns = j->pause_total_ns = j->drain_max_ns = 0;
 	free(j->hist_dir);
 	j->hist_dir = NULL;
 	j->generation = -1;
@@ -508,6 +522,7 @@ int tapdisk_renew_status(td_vbd_t *vbd, struct renew_status *st)
 		st->eta_s = (double)(j->td.bytes_total - j->td.bytes_done) / 1048576.0 / st->mb_per_s;
 	st->elapsed_s = (double)((j->end_ns ? j->end_ns : now) - j->start_ns) / 1e9;
 	st->pause_max_ms = j->pause_max_ns / 1e6;
+	st->drain_max_ms = j->drain_max_ns / 1e6;
 	st->pause_total_ms = j->pause_total_ns / 1e6;
 	st->err = j->err;
 	st->why = j->why;
@@ -537,10 +552,11 @@ char *tapdisk_renew_status_json(td_vbd_t *vbd)
 	if (asprintf(&out,
 		     "{\"state\":\"%s\",\"commit_only\":%s,\"percent\":%.1f,\"bytes_done\":%llu,"
 		     "\"bytes_total\":%llu,\"bytes_copied\":%llu,\"mb_per_s\":%.1f,\"eta_s\":%.0f,\"elapsed_s\":%.3f,"
-		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"error\":\"%s\"%s}",
+		     "\"pause_max_ms\":%.3f,\"pause_total_ms\":%.3f,\"drain_max_ms\":%.3f,\"error\":\"%s\"%s}",
 		     st.state_name, st.commit_only ? "true" : "false", st.percent,
 		     (unsigned long long)st.bytes_done, (unsigned long long)st.bytes_total,
-		     (unsigned long long)st.bytes_copied, st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms, why, hist) < 0)
+		     (unsigned long long)st.bytes_copied, st.mb_per_s, st.eta_s, st.elapsed_s, st.pause_max_ms, st.pause_total_ms,
+		     st.drain_max_ms, why, hist) < 0)
 		return NULL;
 	return out;
 }

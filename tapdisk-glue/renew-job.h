@@ -47,6 +47,7 @@ struct renew_status {
 	double percent, mb_per_s, eta_s;     /* eta_s < 0: unknown */
 	double elapsed_s;
 	double pause_max_ms, pause_total_ms;
+	double drain_max_ms;                 /* of the pauses: waiting for requests in flight */
 	int err;                             /* negative errno when failed */
 	const char *why;                     /* the failure, naming path and reason */
 	const char *history_dir;             /* NULL without a history */
