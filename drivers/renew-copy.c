@@ -722,23 +722,32 @@ static int guard_parent(struct renew_copy *c)
 	return 0;
 }
 
-/* Bytes of holes of the raw file `fd` in [off, end). */
-static uint64_t hole_bytes(int fd, uint64_t off, uint64_t end)
+/* Bytes of the raw parent's holes that lie under the overlay's allocated
+ * blocks in [0, size): one walk over the holes (none, on a preallocated
+ * base), not two seeks per block, which blocked the loop for tens of ms
+ * on an 8 GiB overlay. */
+static uint64_t hole_bytes(int fd, const struct vhd_image *vhd, uint64_t block, uint64_t size)
 {
-	uint64_t holes = 0;
+	uint64_t need = 0, off = 0;
 
-	while (off < end) {
+	while (off < size) {
 		off_t h = lseek(fd, (off_t)off, SEEK_HOLE), d;
 
-		if (h < 0 || (uint64_t)h >= end)
+		if (h < 0 || (uint64_t)h >= size)
 			break;
 		d = lseek(fd, h, SEEK_DATA);
-		if (d < 0 || (uint64_t)d > end)
-			d = (off_t)end;
-		holes += (uint64_t)(d - h);
+		if (d < 0 || (uint64_t)d > size)
+			d = (off_t)size;
+		for (uint64_t b = (uint64_t)h / block; b * block < (uint64_t)d; b++) {
+			uint64_t from = b * block > (uint64_t)h ? b * block : (uint64_t)h;
+			uint64_t to = (b + 1) * block < (uint64_t)d ? (b + 1) * block : (uint64_t)d;
+
+			if (b < vhd->bat_entries && vhd_block_allocated(vhd, (uint32_t)b))
+				need += to - from;
+		}
 		off = (uint64_t)d;
 	}
-	return holes;
+	return need;
 }
 
 /* Refuse before writing anything when the parent's filesystem is too full. */
@@ -755,19 +764,15 @@ static int guard_space(struct renew_copy *c)
 		if (fd < 0)
 			return -errno;
 	}
-	for (uint32_t b = 0; b < s->vhd.bat_entries; b++) {
-		if (!vhd_block_allocated(&s->vhd, b))
-			continue;
-		if (fd >= 0) {
-			uint64_t end = (uint64_t)(b + 1) * block;
-
-			need += hole_bytes(fd, (uint64_t)b * block, end < size ? end : size);
-		} else if (!vhd_block_allocated(&((struct renew_state *)c->parent->data)->vhd, b)) {
-			need += block + VHD_DATA_ALIGN;
-		}
-	}
-	if (fd >= 0)
+	if (fd >= 0) {
+		need = hole_bytes(fd, &s->vhd, block, size);
 		close(fd);
+	} else {
+		for (uint32_t b = 0; b < s->vhd.bat_entries; b++)
+			if (vhd_block_allocated(&s->vhd, b) &&
+			    !vhd_block_allocated(&((struct renew_state *)c->parent->data)->vhd, b))
+				need += block + VHD_DATA_ALIGN;
+	}
 	if (statvfs(c->parent_path, &sv))
 		return -errno;
 	avail = (uint64_t)sv.f_bavail * sv.f_frsize;

@@ -13,6 +13,7 @@
 static int log_syslog;
 static int log_level = -1;
 static const char *log_name = "tapdisk-renew";
+static int log_own_errors;
 static char last_error[512];
 
 /* The threshold: RENEW_DEBUG=1 shows debug messages, which are off otherwise. */
@@ -25,11 +26,12 @@ static int tlog_threshold(void)
 	return log_level;
 }
 
-void tlog_setup(const char *name, int level)
+void tlog_setup(const char *name, int level, int own_errors)
 {
 	const char *d = getenv("RENEW_DEBUG");
 
 	log_name = name;
+	log_own_errors = own_errors && !(d && *d && strcmp(d, "0"));
 	log_level = (d && *d && strcmp(d, "0")) ? TLOG_DBG : level;
 }
 
@@ -70,7 +72,7 @@ void tlog(int level, const char *fmt, ...)
 		memcpy(last_error, msg, n);
 		last_error[n] = '\0';
 	}
-	if (level > tlog_threshold()) {
+	if (level > tlog_threshold() || (level <= TLOG_ERR && log_own_errors)) {
 		errno = saved;
 		return;
 	}

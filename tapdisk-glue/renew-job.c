@@ -490,7 +490,7 @@ int tapdisk_renew_start(td_vbd_t *vbd, const struct renew_opts *opts,
 	     opts->commit_only ? " (commit only)" : "");
 	if (opts->history_dir)
 		return job_history_start(j, opts->history_dir, err, errlen);
-	job_pause(j, job_paused_start);
+	job_begin(j);
 	return 0;
 }
 

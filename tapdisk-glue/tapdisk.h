@@ -219,8 +219,10 @@ void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 /* Send later messages to syslog (the detached daemon). */
 void tlog_to_syslog(const char *ident);
 /* A tool hosting the runtime: its own name on stderr lines, and the least
- * important level it shows (RENEW_DEBUG=1 still shows everything). */
-void tlog_setup(const char *name, int level);
+ * important level it shows (RENEW_DEBUG=1 still shows everything); with
+ * `own_errors` errors are only kept for tlog_last_error(): the tool
+ * reports them itself. */
+void tlog_setup(const char *name, int level, int own_errors);
 /* The last TLOG_ERR message ("" after tlog_clear_error()): the vbd copies a
  * driver's own open error into the control reply. */
 const char *tlog_last_error(void);

@@ -77,6 +77,14 @@ if mkdir -p "$T/small" && mount -t tmpfs -o size=4M tmpfs "$T/small" 2>/dev/null
 	expect_fail "no room on the parent's filesystem" img renew "$T/s.vhd"
 	grep -q "no room" "$T/out" || fail "message does not say why"
 	[ "$(img convert "$T/s.vhd" - | sha256sum)" = "$before" ] || fail "refused renew changed the disk"
+	# the room needed is counted from the parent's holes under allocated
+	# blocks only: one block (2 MiB of hole) fits in the 4 MiB
+	rm -f "$T/s.vhd"
+	img snapshot "$T/small/sparse.raw" "$T/s2.vhd"
+	put "$T/s2.vhd" 16777216 1
+	before=$(img convert "$T/s2.vhd" - | sha256sum)
+	img renew "$T/s2.vhd" >"$T/out" 2>&1 || { cat "$T/out"; fail "renew that fits was refused"; }
+	[ "$(img convert "$T/s2.vhd" - | sha256sum)" = "$before" ] || fail "renew that fits changed the disk"
 	umount "$T/small"
 else
 	echo "note: cannot mount a small tmpfs here; the no-room case is not run"

@@ -148,9 +148,9 @@ int main(int argc, char **argv)
 		img_usage(argc > 2 ? argv[2] : NULL);
 		return 0;
 	}
-	/* the runtime's progress lines are the daemon's business: here the
-	 * tool reports its own, and the runtime only warnings and errors */
-	tlog_setup("renew-img", TLOG_WARN);
+	/* the runtime's progress lines are the daemon's business, and its
+	 * errors the tool reports itself: the runtime shows only warnings */
+	tlog_setup("renew-img", TLOG_WARN, 1);
 	for (size_t i = 0; i < NCMDS; i++)
 		if (!strcmp(cmds[i].name, argv[1]))
 			return cmds[i].run(argc - 1, argv + 1);
