@@ -333,6 +333,15 @@ static void dispatch(struct epoll_event *evs, int n)
 	}
 }
 
+/* The longest time the loop spent working between two waits: a long one
+ * stalls every request of every disk, whatever the disks do. */
+static uint64_t busy_max_ns;
+
+uint64_t sched_busy_max_ns(void)
+{
+	return busy_max_ns;
+}
+
 int sched_run(void)
 {
 	struct epoll_event evs[256];
@@ -354,12 +363,17 @@ int sched_run(void)
 			}
 			n = 0;
 		}
+		uint64_t t0 = sched_now_ns(), busy;
+
 		dispatch(evs, n);
 		run_timers();
 		in_hooks = 1;
 		run_hooks();
 		in_hooks = 0;
 		bury();
+		busy = sched_now_ns() - t0;
+		if (busy > busy_max_ns)
+			busy_max_ns = busy;
 	}
 	running = 0;
 	stopping = 0;

@@ -29,6 +29,8 @@ void sched_remove_hook(int id);
 /* Run until sched_stop(); returns 0. A stop asked before the loop runs
  * makes the next sched_run() return after one iteration (tools rely on it). */
 int sched_run(void);
+/* The longest stretch of work between two waits for events, in ns. */
+uint64_t sched_busy_max_ns(void);
 void sched_stop(void);
 /* Make the next wait return at once: work was queued outside an fd
  * callback (e.g. a deferred completion) that a hook must pick up. */
