@@ -10,11 +10,13 @@ export RENEW_RUNDIR=$T/run
 mkdir -p "$RENEW_RUNDIR"
 PIDS=""
 
-# With VALGRIND=1 the programs run under valgrind, failing on any error.
+# With VALGRIND=1 the programs run under valgrind, failing on any error or
+# definite leak (a daemon ending with a worker thread still running leaves
+# its stack "possibly lost": not reported).
 if [ "${VALGRIND:-}" = 1 ]; then
-	VG="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite"
+	VG="valgrind -q --error-exitcode=99 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite"
 	# daemons spawned by tap-ctl-renew too, each reporting into $T/vg.PID
-	export RENEW_TAPDISK_WRAPPER="valgrind -q --leak-check=full --errors-for-leak-kinds=definite --log-file=$T/vg.%p"
+	export RENEW_TAPDISK_WRAPPER="valgrind -q --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite --log-file=$T/vg.%p"
 else
 	VG=""
 fi
