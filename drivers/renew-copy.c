@@ -295,13 +295,15 @@ static void slot_put(struct copy_slot *slot)
 {
 	struct renew_copy *c = slot->c;
 	uint32_t blk = slot->blk;
+	uint64_t now;
 
 	if (--slot->pending)
 		return;
 	slot->state = SLOT_FREE;
 	c->busy--;
 	/* a busy guest gets GUEST_TURNS times the time this block took */
-	c->next_claim_ns = sched_now_ns() + (sched_now_ns() - slot->start_ns) * GUEST_TURNS;
+	now = sched_now_ns();
+	c->next_claim_ns = now + (now - slot->start_ns) * GUEST_TURNS;
 	c->job->bytes_done += (uint64_t)c->s->vhd.spb << VHD_SECTOR_SHIFT;
 	claimed_set(c, blk, 0);
 	wt_release(c, blk);

@@ -16,23 +16,27 @@ static const char *log_name = "tapdisk-renew";
 static int log_own_errors;
 static char last_error[512];
 
-/* The threshold: RENEW_DEBUG=1 shows debug messages, which are off otherwise. */
+/* RENEW_DEBUG=1 (anything but empty or 0): show every message. */
+static int debug_on(void)
+{
+	const char *d = getenv("RENEW_DEBUG");
+
+	return d && *d && strcmp(d, "0");
+}
+
+/* The threshold: debug messages are off unless debug_on(). */
 static int tlog_threshold(void)
 {
-	if (log_level < 0) {
-		const char *d = getenv("RENEW_DEBUG");
-		log_level = (d && *d && strcmp(d, "0")) ? TLOG_DBG : TLOG_INFO;
-	}
+	if (log_level < 0)
+		log_level = debug_on() ? TLOG_DBG : TLOG_INFO;
 	return log_level;
 }
 
 void tlog_setup(const char *name, int level, int own_errors)
 {
-	const char *d = getenv("RENEW_DEBUG");
-
 	log_name = name;
-	log_own_errors = own_errors && !(d && *d && strcmp(d, "0"));
-	log_level = (d && *d && strcmp(d, "0")) ? TLOG_DBG : level;
+	log_own_errors = own_errors && !debug_on();
+	log_level = debug_on() ? TLOG_DBG : level;
 }
 
 /* Send further messages to syslog (the detached daemon has no stderr). */

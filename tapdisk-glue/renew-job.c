@@ -67,14 +67,6 @@ int tapdisk_renew_running(td_vbd_t *vbd)
 
 #define TRIM_STEP (16ll << 20)
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 /* Free the old overlay's blocks a slice at a time from the end, resting
  * three times as long as each slice took: one huge truncate (with discard
  * on, a discard per extent) holds the filesystem long enough to stall the
@@ -86,13 +78,13 @@ static void *close_fd_thread(void *arg)
 
 	if (!fstat(fd, &st) && st.st_nlink == 0) {
 		for (off_t size = st.st_size; size > 0;) {
-			uint64_t t0 = mono_ns(), rest;
+			uint64_t t0 = sched_now_ns(), rest;
 			struct timespec ts;
 
 			size = size > TRIM_STEP ? size - TRIM_STEP : 0;
 			if (ftruncate(fd, size))
 				break;
-			rest = (mono_ns() - t0) * 3;
+			rest = (sched_now_ns() - t0) * 3;
 			if (rest < 2000000)
 				rest = 2000000;
 			ts.tv_sec = (time_t)(rest / 1000000000ull);
@@ -296,7 +288,7 @@ static int sync_path(const char *path, int flags, int data_only)
 
 /* In a thread, after the resume: the parent, with the guest's last
  * write-through writes, then the rename of the fresh overlay, durable. */
-static int sync_dir(void *arg)
+static int sync_after_swap(void *arg)
 {
 	struct renew_job *j = arg;
 	int r = td_fault("renew.sync");
@@ -308,8 +300,9 @@ static int sync_dir(void *arg)
 	return r;
 }
 
-/* The directory is durable: guest flushes may complete again. */
-static void job_dir_synced(void *arg, int rc)
+/* The parent and the directory are durable (or rc says why not): guest
+ * flushes may complete again. */
+static void job_synced(void *arg, int rc)
 {
 	struct renew_job *j = arg;
 
@@ -358,7 +351,7 @@ void td_renew_swapped(struct td_renew_job *td, int err)
 		job_finish(j, -ENOMEM, "reopen %s: out of memory (the disk stays paused)", j->vbd->params);
 		return;
 	}
-	/* guest flushes wait until the rename is durable (job_dir_synced) */
+	/* guest flushes wait until the rename is durable (job_synced) */
 	tapdisk_vbd_gate_flushes(j->vbd, 1);
 	job_unpause(j, params);
 	free(params);
@@ -366,8 +359,8 @@ void td_renew_swapped(struct td_renew_job *td, int err)
 		close_in_background(j->td.old_fd);
 		j->td.old_fd = -1;
 	}
-	if (td_worker_run(sync_dir, j, job_dir_synced))
-		job_dir_synced(j, sync_dir(j));
+	if (td_worker_run(sync_after_swap, j, job_synced))
+		job_synced(j, sync_after_swap(j));
 }
 
 /* The first pause, once the disk runs (an admin's pause holds it). */

@@ -86,10 +86,11 @@ QPID=$!
 touch "$W/serial.log"
 tail -n +1 -f --pid=$QPID "$W/serial.log" | sed -u 's/\r$//' | grep --line-buffered -a '^XEN: ' |
 	grep --line-buffered -v '^XEN: [0-9]* passed, [0-9]* failed' | sed -u 's/^XEN: //' &
+FOLLOW=$!
 wait $QPID
 qrc=$?
 QPID=""
-sleep 1
+wait $FOLLOW 2>/dev/null   # tail sees qemu gone and the pipeline prints its last lines
 say "qemu exited with $qrc (1: the dom0 test passed, 3: it failed, 124: timeout)"
 tr -d '\r' <"$W/serial.log" >"$W/serial.txt"
 d_pass=$(grep -ac '^XEN: PASS ' "$W/serial.txt")
