@@ -59,19 +59,32 @@ r = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 print("%.0f %.1f" % (r["iops"], r["bw_bytes"] / 1048576))'
 }
 
+# fio_jobs QD RW: for random I/O, QD spread over CONNS jobs (one NBD
+# connection each, as the kernel's nbd client or a multi-queue guest would
+# use), the same total depth; sequential I/O stays one stream.
+fio_jobs() {
+	local n=${CONNS:-1}
+	case $2 in rand*) ;; *) n=1;; esac
+	echo --numjobs="$n" --iodepth=$(( $1 / n > 0 ? $1 / n : 1 )) --group_reporting
+}
+
 # fio_file FILE NAME RW BS QD SECS: the limit, libaio direct=1 on a file.
 fio_file() {
-	fio --name="$2" --filename="$1" --rw="$3" --bs="$4" --iodepth="$5" \
+	# shellcheck disable=SC2046
+	fio --name="$2" --filename="$1" --rw="$3" --bs="$4" $(fio_jobs "$5" "$3") \
 		--ioengine=libaio --direct=1 --time_based --runtime="$6" \
 		--randrepeat=0 --norandommap --output-format=json | fio_result
 }
 
-# fio_nbd SOCK NAME RW BS QD SECS: fio's nbd engine (SECS 0 = whole disk once).
+# fio_nbd SOCK NAME RW BS QD SECS: fio's nbd engine (SECS 0 = whole disk
+# once, on one connection).
 fio_nbd() {
-	local t=(--time_based --runtime="$6")
-	[ "$6" = 0 ] && t=(--size=100%)
+	local t=(--time_based --runtime="$6") j
+	j=$(fio_jobs "$5" "$3")
+	[ "$6" = 0 ] && { t=(--size=100%); j="--iodepth=$5"; }
+	# shellcheck disable=SC2086
 	fio --name="$2" --ioengine=nbd --uri="nbd+unix:///?socket=$1" --rw="$3" \
-		--bs="$4" --iodepth="$5" "${t[@]}" --randrepeat=0 --norandommap \
+		--bs="$4" $j "${t[@]}" --randrepeat=0 --norandommap \
 		--output-format=json | fio_result
 }
 

@@ -899,7 +899,7 @@ static void conn_close(struct nbd_conn *c)
 	c->dirty = 0;
 	if (c->exp) {
 		list_del(&c->entry);
-		c->exp->nconns--;
+		c->exp->vbd->nbd_conns = --c->exp->nconns;
 		c->exp = NULL;
 	}
 	list_add_tail(&c->entry, &zombies);
@@ -956,7 +956,7 @@ static void conn_new(struct nbd_export *exp, int fd)
 	}
 	c->events = SCHED_READ;
 	list_add_tail(&c->entry, &exp->conns);
-	exp->nconns++;
+	exp->vbd->nbd_conns = ++exp->nconns;
 	c->timer = sched_timer(HANDSHAKE_MS, handshake_timeout, c);
 	if (c->timer < 0)
 		c->timer = 0;

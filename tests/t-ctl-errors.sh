@@ -38,6 +38,10 @@ expect_usage "missing -m" "missing -m" tapctl open -p 1 -a "aio:$T/a.raw"
 expect_usage "missing -a" "missing -a" tapctl create
 expect_usage "-p without a value" "needs a value" tapctl attach -m 0 -p
 expect_usage "non-numeric pid" "bad -p 'abc'" tapctl attach -p abc -m 0
+expect_usage "no connections" "bad --connections '0'" tapctl create -a "aio:$T/a.raw" --connections 0
+expect_usage "too many connections" "bad --connections '17'" tapctl create -a "aio:$T/a.raw" --connections 17
+expect_usage "connections with --socket-only" "not with --socket-only" tapctl create -a "aio:$T/a.raw" --socket-only --connections 2
+expect_usage "connections for another verb" "option --connections is not valid for open" tapctl open -p 1 -m 0 -a "aio:$T/a.raw" --connections 2
 expect_usage "negative minor" "bad -m '-1'" tapctl attach -p 1 -m -1
 expect_usage "-a without a colon" "expected TYPE:PATH" tapctl create -a "$T/a.raw"
 expect_usage "stray argument" "unexpected argument 'extra'" tapctl list extra

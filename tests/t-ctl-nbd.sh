@@ -1,6 +1,7 @@
 #!/bin/bash
 # check, and create without --socket-only: a kernel /dev/nbdN connected to
-# the daemon's socket reads the disk's bytes and destroy disconnects it; or,
+# the daemon's socket (one connection per CPU, or --connections N) reads the
+# disk's bytes and destroy disconnects it; or,
 # where the nbd module cannot be loaded, create fails naming the cause and
 # undoes every step (that part is then skipped, the rest still runs).
 . "$(dirname "$0")/lib.sh"
@@ -25,12 +26,22 @@ if DEV=$(tapctl create -a "aio:$T/a.raw" 2>"$T/create.err"); then
 	tapctl list --json -p "$PID" >"$T/l.json"
 	[ "$(json_get "$T/l.json" 'j[0]["device"]')" = "$DEV" ] || fail "list does not record $DEV"
 	ok "create: $DEV reads the disk"
+	want=$(nproc); [ "$want" -gt 4 ] && want=4
+	tapctl stats -p "$PID" -m "$MINOR" >"$T/stats.json" || fail "stats"
+	[ "$(json_get "$T/stats.json" 'j["nbd_connections"]')" = "$want" ] ||
+		fail "$DEV: the daemon counts $(json_get "$T/stats.json" 'j["nbd_connections"]') connections, not one per CPU ($want)"
+	ok "create: $DEV uses $want connections (one per CPU, at most 4)"
 	tapctl destroy -p "$PID" -m "$MINOR" || fail "destroy"
 	[ ! -e "/sys/block/${DEV#/dev/}/pid" ] || fail "$DEV still connected after destroy"
 	gone "$PID" || fail "daemon left running"
 	# and destroy -d DEV
-	DEV=$(tapctl create -a "aio:$T/a.raw") || fail "second create"
-	PIDS="$PIDS $(field pid "$(tapctl list -f "$T/a.raw")")"
+	DEV=$(tapctl create -a "aio:$T/a.raw" --connections 3) || fail "second create"
+	line=$(tapctl list -f "$T/a.raw")
+	PIDS="$PIDS $(field pid "$line")"
+	tapctl stats -p "$(field pid "$line")" -m "$(field minor "$line")" >"$T/stats.json" || fail "stats"
+	[ "$(json_get "$T/stats.json" 'j["nbd_connections"]')" = 3 ] || fail "create --connections 3: not 3 connections"
+	cmp <(head -c 1048576 "$DEV") <(head -c 1048576 "$T/a.raw") || fail "$DEV reads wrong bytes on 3 connections"
+	ok "create --connections 3: $DEV reads the disk over 3 connections"
 	tapctl destroy -d "$DEV" || fail "destroy -d $DEV"
 	[ -z "$(tapctl list)" ] || fail "destroy -d left: $(tapctl list)"
 	ok "destroy -d $DEV"

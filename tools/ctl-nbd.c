@@ -15,6 +15,9 @@
  * sees the logical sector size its partition table was written with. */
 #define NBD_BLOCK_SIZE "512"
 #define NBD_MAX_DEVICES 1024
+/* The default stops here: more queues than this only cost the daemon
+ * sockets, it serves every connection from one loop. */
+#define NBD_DEFAULT_MAX_CONNECTIONS 4
 
 /* Run argv with stdout+stderr captured in `out` (first line kept);
  * returns the exit status, 127 when it could not be run. */
@@ -135,14 +138,24 @@ static int free_device(char *dev, size_t devlen, char *err, size_t errlen)
 	return -1;
 }
 
-int nbd_connect(const char *sock, char *dev, size_t devlen, char *err, size_t errlen)
+int nbd_default_connections(void)
 {
-	char out[512];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return cpus < 1 ? 1 : cpus > NBD_DEFAULT_MAX_CONNECTIONS ? NBD_DEFAULT_MAX_CONNECTIONS : (int)cpus;
+}
+
+int nbd_connect(const char *sock, int connections, char *dev, size_t devlen, char *err,
+		size_t errlen)
+{
+	char out[512], conns[16];
 	int rc;
 
 	if (load_module(err, errlen) || free_device(dev, devlen, err, errlen))
 		return -1;
-	rc = run((char *[]){ "nbd-client", "-unix", (char *)sock, dev, "-b", NBD_BLOCK_SIZE, NULL },
+	snprintf(conns, sizeof(conns), "%d", connections);
+	rc = run((char *[]){ "nbd-client", "-unix", (char *)sock, dev, "-b", NBD_BLOCK_SIZE,
+			     "-connections", conns, NULL },
 		 out, sizeof(out));
 	if (rc == 127) {
 		snprintf(err, errlen, "nbd-client -unix %s %s: %s", sock, dev,
@@ -150,8 +163,8 @@ int nbd_connect(const char *sock, char *dev, size_t devlen, char *err, size_t er
 		return -1;
 	}
 	if (rc) {
-		snprintf(err, errlen, "nbd-client -unix %s %s failed (exit %d): %s", sock, dev, rc,
-			 out[0] ? out : "no message");
+		snprintf(err, errlen, "nbd-client -unix %s %s -connections %d failed (exit %d): %s", sock,
+			 dev, connections, rc, out[0] ? out : "no message");
 		return -1;
 	}
 	return 0;

@@ -13,6 +13,9 @@
 #define TOOL_PAUSE_TIMEOUT_MS 300000
 #define TOOL_SCAN_TIMEOUT_MS 5000
 
+/* --connections: the kernel client's limit is far above what helps. */
+#define NBD_MAX_CONNECTIONS 16
+
 /* The command line, tap-ctl's flags. */
 struct opts {
 	const char *verb;
@@ -24,6 +27,7 @@ struct opts {
 	const char *type;        /* -t */
 	const char *device;      /* -d /dev/nbdN (destroy) */
 	int socket_only;         /* --socket-only */
+	int connections;         /* --connections N, or 0: the default */
 	int json;                /* --json */
 	int wait;                /* --wait */
 	unsigned long long rate_bps; /* --rate MB/s */
@@ -88,7 +92,11 @@ int cmd_destroy(const struct opts *o);
 
 /* ctl-nbd.c: the kernel NBD client */
 /* Connect a free /dev/nbdN to `sock`; 0 and the device, or -1 with why. */
-int nbd_connect(const char *sock, char *dev, size_t devlen, char *err, size_t errlen);
+int nbd_connect(const char *sock, int connections, char *dev, size_t devlen, char *err,
+		size_t errlen);
+/* How many connections /dev/nbdN gets by default: one per online CPU (the
+ * kernel client serves each from its own queue), at most 4. */
+int nbd_default_connections(void);
 /* Disconnect `dev`; 0 or -1 with why. */
 int nbd_disconnect(const char *dev, char *err, size_t errlen);
 /* Whether the nbd module can be used, in words; 1 = yes. */

@@ -20,10 +20,11 @@ static const char usage_text[] =
 	"  close   -p PID -m MINOR\n"
 	"  pause   -p PID -m MINOR                hold I/O; returns once in-flight I/O is done\n"
 	"  unpause -p PID -m MINOR [-a TYPE:PATH] resume, maybe on another image\n"
-	"  create  -a TYPE:PATH [-R] [--socket-only] [--history DIR]\n"
+	"  create  -a TYPE:PATH [-R] [--socket-only | --connections N] [--history DIR]\n"
 	"                                         spawn+attach+open; print /dev/nbdN (or the\n"
-	"                                         NBD socket with --socket-only); renews of the\n"
-	"                                         disk keep their old overlays in DIR\n"
+	"                                         NBD socket with --socket-only); /dev/nbdN uses\n"
+	"                                         N connections (default: one per CPU, at most 4);\n"
+	"                                         renews of the disk keep their old overlays in DIR\n"
 	"  destroy -p PID -m MINOR | -d /dev/nbdN disconnect, close, detach\n"
 	"  list    [-p PID] [-m MINOR] [-t TYPE] [-f FILE] [--json]\n"
 	"                                         pid=P minor=M state=S args=TYPE:PATH; S is\n"
@@ -162,7 +163,7 @@ static const struct verb verbs[] = {
 	{ "close", "pm", "pm", cmd_simple },
 	{ "pause", "pm", "pm", cmd_simple },
 	{ "unpause", "pma", "pm", cmd_open },
-	{ "create", "aRSH", "a", cmd_create },
+	{ "create", "aRSNH", "a", cmd_create },
 	{ "destroy", "pmd", "", cmd_destroy },
 	{ "list", "pmtfJ", "", cmd_list },
 	{ "stats", "pm", "pm", cmd_stats },
@@ -190,6 +191,8 @@ static const char *flag_name(int c)
 		return "--commit-only";
 	if (c == 'H')
 		return "--history";
+	if (c == 'N')
+		return "--connections";
 	snprintf(s, sizeof(s), "-%c", c);
 	return s;
 }
@@ -268,6 +271,7 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		{ "force", no_argument, NULL, 'F' },
 		{ "commit-only", no_argument, NULL, 'C' },
 		{ "history", required_argument, NULL, 'H' },
+		{ "connections", required_argument, NULL, 'N' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -302,6 +306,7 @@ static void parse_flags(const struct verb *v, int argc, char **argv, struct opts
 		case 'F': o->force = 1; break;
 		case 'C': o->commit_only = 1; break;
 		case 'H': o->history = check_history(v->name, optarg); break;
+		case 'N': o->connections = parse_num(v->name, c, optarg, 1, NBD_MAX_CONNECTIONS); break;
 		}
 	}
 	if (optind < argc)
@@ -330,6 +335,8 @@ int main(int argc, char **argv)
 	for (const char *r = v->required; *r; r++)
 		if (!seen[(unsigned char)*r])
 			usage_error(v->name, "missing %s", flag_name(*r));
+	if (o.socket_only && o.connections)
+		usage_error(v->name, "--connections is for /dev/nbdN, not with --socket-only");
 	if (!strcmp(v->name, "destroy") && !o.device && (o.pid < 0 || o.minor < 0))
 		usage_error(v->name, "missing %s (or -d DEVICE)", o.pid < 0 ? "-p" : "-m");
 	return v->fn(&o);

@@ -104,6 +104,13 @@ run_disk() {
 	else
 		fail "$name: attached, but list says '$line' and the backend device is '$dev'"
 	fi
+	# tap-ctl create connects the device with one connection per CPU (at most 4)
+	local want conns queues
+	want=$(nproc); [ "$want" -gt 4 ] && want=4
+	conns=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | sed -n 's/.*"nbd_connections":\([0-9]*\).*/\1/p')
+	queues=$(ls -d /sys/block/${dev#/dev/}/mq/* 2>/dev/null | wc -l)
+	check "$name: $dev uses $want connections (one per CPU): the daemon counts $conns, the device has $queues queues" \
+		test "$conns" = "$want" -a "$queues" = "$want"
 	if ! wait_for 600 con_has "GUEST: $vdev writing"; then
 		fail "$name: the guest did not start writing on $vdev"; tail -n 20 "$CON"
 		timeout 60 xl block-detach g1 "$vdev"
