@@ -197,7 +197,7 @@ static const char *flag_name(int c)
 	return s;
 }
 
-/* A decimal number in [min, max] for -p / -m, else a usage error. */
+/* A decimal number in [min, max] for -p, -m or --connections, else a usage error. */
 static int parse_num(const char *verb, int flag, const char *s, long min, long max)
 {
 	char *end;
