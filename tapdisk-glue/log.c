@@ -34,9 +34,11 @@ static int tlog_threshold(void)
 
 void tlog_setup(const char *name, int level, int own_errors)
 {
+	int debug = debug_on();
+
 	log_name = name;
-	log_own_errors = own_errors && !debug_on();
-	log_level = debug_on() ? TLOG_DBG : level;
+	log_own_errors = own_errors && !debug;
+	log_level = debug ? TLOG_DBG : level;
 }
 
 /* Send further messages to syslog (the detached daemon has no stderr). */

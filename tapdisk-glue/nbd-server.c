@@ -40,7 +40,6 @@ struct nbd_export {
 	int lfd;
 	int lid;
 	int accept_timer;
-	int nconns;
 	struct list_head conns;
 	struct list_head entry;
 };
@@ -899,7 +898,7 @@ static void conn_close(struct nbd_conn *c)
 	c->dirty = 0;
 	if (c->exp) {
 		list_del(&c->entry);
-		c->exp->vbd->nbd_conns = --c->exp->nconns;
+		c->exp->vbd->nbd_conns--;
 		c->exp = NULL;
 	}
 	list_add_tail(&c->entry, &zombies);
@@ -956,7 +955,7 @@ static void conn_new(struct nbd_export *exp, int fd)
 	}
 	c->events = SCHED_READ;
 	list_add_tail(&c->entry, &exp->conns);
-	exp->vbd->nbd_conns = ++exp->nconns;
+	exp->vbd->nbd_conns++;
 	c->timer = sched_timer(HANDSHAKE_MS, handshake_timeout, c);
 	if (c->timer < 0)
 		c->timer = 0;
@@ -994,7 +993,7 @@ static void export_accept(int fd, int events, void *arg)
 			}
 			return;
 		}
-		if (exp->nconns >= MAX_CONNS) {
+		if (exp->vbd->nbd_conns >= MAX_CONNS) {
 			tlog(TLOG_WARN, "nbd %s: %d connections already, refusing another", exp->path, MAX_CONNS);
 			close(cfd);
 			continue;

@@ -70,7 +70,7 @@ struct td_vbd_handle {
 	td_vbd_request_t *gated; /* the flushes waiting, oldest first */
 	int flush_err;           /* what the next flush (or the gated ones) must report */
 	void *nbd;               /* the NBD export of this vbd, if any */
-	int nbd_conns;           /* its open connections (the export counts them) */
+	int nbd_conns;           /* connections open on the export (it counts them) */
 	struct list_head entry;  /* all vbds of the daemon */
 };
 

@@ -71,13 +71,17 @@ cat "$T/stats.json"
 [ "$(json_get "$T/stats.json" 'j["errors"]')" = 0 ] || fail "stats errors"
 [ "$(wc -l <"$T/stats.json")" -gt 5 ] || fail "stats not pretty-printed"
 ok "stats: 3 writes / 192 KiB, 2 reads / 8 KiB"
-# three clients held open at once: stats counts them, then none once they go
-conns() { tapctl stats -p "$PID" -m "$MINOR" | python3 -c 'import json, sys; print(json.load(sys.stdin)["nbd_connections"])'; }
+# three clients held open at once (qemu-io reads commands until its input
+# closes): stats counts them, then none once they go
+conns() { tapctl stats -p "$PID" -m "$MINOR" >"$T/conns.json" && json_get "$T/conns.json" 'j["nbd_connections"]'; }
 conns_are() { [ "$(conns)" = "$1" ]; }
 wait_for 5 conns_are 0 || fail "stats nbd_connections $(conns) after qemu-io left"
+mkfifo "$T/hold"
 QIOS=""
-for _ in 1 2 3; do qio "$SOCK" "sleep 4000" >/dev/null & QIOS="$QIOS $!"; done
+for _ in 1 2 3; do qemu-io -f raw "$(nbd_uri "$SOCK")" <"$T/hold" >/dev/null & QIOS="$QIOS $!"; done
+exec 8>"$T/hold"
 wait_for 10 conns_are 3 || fail "stats nbd_connections $(conns) with 3 clients"
+exec 8>&-
 # shellcheck disable=SC2086
 wait $QIOS || fail "a qemu-io holding a connection failed"
 wait_for 5 conns_are 0 || fail "stats nbd_connections $(conns) after the clients left"

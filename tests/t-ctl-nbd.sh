@@ -28,8 +28,8 @@ if DEV=$(tapctl create -a "aio:$T/a.raw" 2>"$T/create.err"); then
 	ok "create: $DEV reads the disk"
 	want=$(nproc); [ "$want" -gt 4 ] && want=4
 	tapctl stats -p "$PID" -m "$MINOR" >"$T/stats.json" || fail "stats"
-	[ "$(json_get "$T/stats.json" 'j["nbd_connections"]')" = "$want" ] ||
-		fail "$DEV: the daemon counts $(json_get "$T/stats.json" 'j["nbd_connections"]') connections, not one per CPU ($want)"
+	n=$(json_get "$T/stats.json" 'j["nbd_connections"]')
+	[ "$n" = "$want" ] || fail "$DEV: the daemon counts $n connections, not one per CPU ($want)"
 	ok "create: $DEV uses $want connections (one per CPU, at most 4)"
 	tapctl destroy -p "$PID" -m "$MINOR" || fail "destroy"
 	[ ! -e "/sys/block/${DEV#/dev/}/pid" ] || fail "$DEV still connected after destroy"
