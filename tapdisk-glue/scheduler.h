@@ -31,6 +31,13 @@ void sched_remove_hook(int id);
 int sched_run(void);
 /* The longest stretch of work between two waits for events, in ns. */
 uint64_t sched_busy_max_ns(void);
+/* Adaptive polling before each sleep, at most this many microseconds
+ * (0: never poll). The current window and how many waits it ended. */
+#define SCHED_POLL_MAX_US_DEFAULT 512
+void sched_set_poll_max_us(unsigned int us);
+unsigned int sched_poll_max_us(void);
+uint64_t sched_poll_ns(void);
+uint64_t sched_poll_hits(void);
 void sched_stop(void);
 /* Make the next wait return at once: work was queued outside an fd
  * callback (e.g. a deferred completion) that a hook must pick up. */

@@ -1,8 +1,9 @@
 /* tapdisk-renew: the daemon. It serves vbds over NBD and takes orders on
  * its control socket RUNDIR/ctl<pid>.
  *
- *   tapdisk-renew [-D]        wait for tap-ctl-renew (-D: detach, print the pid)
- *   tapdisk-renew --serve TYPE:PATH --socket SOCK [--read-only] [-D]
+ *   tapdisk-renew [-D] [--poll-max-us N]
+ *                             wait for tap-ctl-renew (-D: detach, print the pid)
+ *   tapdisk-renew --serve TYPE:PATH --socket SOCK [--read-only] [-D] [--poll-max-us N]
  *                             export one disk (minor 0) at SOCK
  */
 #include <errno.h>
@@ -21,6 +22,7 @@
 #include "vbd.h"
 
 #define DRAIN_MS 30000
+#define POLL_MAX_US_LIMIT 10000
 
 static int sig_id = -1, sig_fd = -1;
 static int draining, drain_timer;
@@ -35,7 +37,27 @@ static void usage(FILE *out)
 		"  --serve T:PATH   open the disk (aio:, renew:, vhd:) as minor 0\n"
 		"  --socket PATH    and serve it over NBD on this unix socket\n"
 		"  --read-only      open it read-only\n"
-		"The control socket is $RENEW_RUNDIR/ctl<pid> (default /run/blktap-control).\n");
+		"  --poll-max-us N  poll for events up to N us before sleeping, 0 never\n"
+		"                   (default $RENEW_POLL_MAX_US, else %d; at most %d)\n"
+		"The control socket is $RENEW_RUNDIR/ctl<pid> (default /run/blktap-control).\n",
+		SCHED_POLL_MAX_US_DEFAULT, POLL_MAX_US_LIMIT);
+}
+
+/* Set the polling window from `text` (where it came from is `what`). */
+static int set_poll_max(const char *what, const char *text)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(text, &end, 10);
+	if (!*text || *end || errno || v > POLL_MAX_US_LIMIT || text[0] == '-') {
+		fprintf(stderr, "tapdisk-renew: %s: '%s' is not a number of microseconds from 0 to %d\n",
+			what, text, POLL_MAX_US_LIMIT);
+		return -1;
+	}
+	sched_set_poll_max_us((unsigned int)v);
+	return 0;
 }
 
 /* Every vbd paused (or the drain took too long): leave the loop. */
@@ -211,19 +233,27 @@ int main(int argc, char **argv)
 		{ "serve", required_argument, NULL, 's' },
 		{ "socket", required_argument, NULL, 'S' },
 		{ "read-only", no_argument, NULL, 'r' },
+		{ "poll-max-us", required_argument, NULL, 'P' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *serve = NULL, *sock = NULL;
 	int daemonize = 0, ro = 0, c, pipefd[2] = { -1, -1 };
 	char err[512] = "";
+	const char *env = getenv("RENEW_POLL_MAX_US");
 
+	if (env && set_poll_max("RENEW_POLL_MAX_US", env) < 0)
+		return 2;
 	while ((c = getopt_long(argc, argv, "Dh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'D': daemonize = 1; break;
 		case 's': serve = optarg; break;
 		case 'S': sock = optarg; break;
 		case 'r': ro = 1; break;
+		case 'P':
+			if (set_poll_max("--poll-max-us", optarg) < 0)
+				return 2;
+			break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}

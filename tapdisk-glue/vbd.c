@@ -884,6 +884,7 @@ char *tapdisk_vbd_stats_json(td_vbd_t *vbd)
 		"\"reads\":%llu,\"writes\":%llu,\"flushes\":%llu,\"write_zeroes\":%llu,\"trims\":%llu,"
 		"\"read_bytes\":%llu,\"write_bytes\":%llu,\"errors\":%llu,\"inflight\":%llu,"
 		"\"latency_avg_us\":%llu,\"latency_max_us\":%llu,\"loop_busy_max_us\":%llu,"
+		"\"loop_poll_max_us\":%u,\"loop_poll_us\":%llu,\"loop_poll_hits\":%llu,"
 		"\"nbd_connections\":%d,\"images\":[",
 		(unsigned long long)vbd->size << SECTOR_SHIFT, vbd->flags & TD_OPEN_RDONLY ? "true" : "false",
 		(unsigned long long)st->reads, (unsigned long long)st->writes,
@@ -892,7 +893,9 @@ char *tapdisk_vbd_stats_json(td_vbd_t *vbd)
 		(unsigned long long)st->errors, (unsigned long long)st->inflight,
 		(unsigned long long)(done ? st->lat_ns_total / done / 1000 : 0),
 		(unsigned long long)(st->lat_ns_max / 1000),
-		(unsigned long long)(sched_busy_max_ns() / 1000), vbd->nbd_conns);
+		(unsigned long long)(sched_busy_max_ns() / 1000), sched_poll_max_us(),
+		(unsigned long long)(sched_poll_ns() / 1000), (unsigned long long)sched_poll_hits(),
+		vbd->nbd_conns);
 	for (image = vbd->top; image; image = image->next) {
 		td_driver_t *drv = image->driver;
 		const struct disk_info *di = tapdisk_disktype_get(image->type);
