@@ -10,7 +10,9 @@ set -euo pipefail
 out=$1 moddir=$2 init=$3
 shift 3
 die() { echo "mkinitramfs: $*" >&2; exit 1; }
-[ -x /bin/busybox ] && /bin/busybox --list | grep -qx mdev || die "/bin/busybox: not the static busybox (apt-get install busybox-static)"
+# (grep without -q reads the whole list: with -q it may quit first, and
+# pipefail would then count the writer's SIGPIPE as a failure)
+[ -x /bin/busybox ] && /bin/busybox --list | grep -x mdev >/dev/null || die "/bin/busybox: not the static busybox (apt-get install busybox-static)"
 [ -d "$moddir/kernel" ] || die "$moddir: not a kernel module directory"
 
 root=$(mktemp -d "${TMPDIR:-/tmp}/initramfs.XXXXXX")
