@@ -43,6 +43,18 @@ nothing_left() {
 	return 1
 }
 
+# diagnose PID MINOR: what the daemon and the nbd devices are doing, when a
+# check has failed: the disk's stats, the requests each device has in flight
+# and the kernel's last nbd and blkback messages.
+diagnose() {
+	echo "XEN:   stats: $(tap-ctl-renew stats -p "$1" -m "$2" 2>&1 | tr -d '\n' | cut -c1-1500)"
+	for d in /sys/block/nbd*; do
+		[ -e "$d/pid" ] && echo "XEN:   ${d##*/}: inflight $(cat "$d/inflight"), daemon $(cat "$d/pid")"
+	done
+	dmesg | grep -a -i 'nbd\|blkback\|xen-blkback' | tail -n 8 | sed 's/^/XEN:   dmesg: /'
+	tail -n 5 $HLOG 2>/dev/null | sed 's/^/XEN:   hotplug: /'
+}
+
 # must_fail NAME VDEV DEVID SPEC PATTERN: xl block-attach SPEC fails, its
 # error (or what the script logged to xen-hotplug.log) matches PATTERN, no
 # daemon or nbd device is left; libxl keeps the failed device's xenstore
@@ -222,6 +234,8 @@ if timeout 120 xl block-attach g1 "vdev=xvdd,access=rw,script=block-renew,target
 		pass "detach during a renew: xl block-detach returned after $(awk -v a="$t" -v b="$(up)" 'BEGIN { printf "%.0f", b - a }')s while the renew ran"
 	else
 		fail "detach during a renew: xl block-detach: $out"
+		diagnose "$pid" "$minor"
+		timeout 60 xl block-detach -f g1 xvdd >/dev/null 2>&1
 	fi
 	check "detach during a renew: once it ended, no daemon, no nbd device, no xenstore backend" gone_after_renew
 	check "detach during a renew: the image is clean and holds the data" \
