@@ -262,16 +262,25 @@ void sched_kick(void)
 		kicked = 1;
 }
 
-/* Milliseconds until the nearest timer (rounded up), or -1 for none. */
-static int next_timeout(void)
+/* The nearest timer's deadline, or UINT64_MAX for none. */
+static uint64_t nearest_deadline(void)
 {
-	uint64_t now, first = UINT64_MAX;
+	uint64_t first = UINT64_MAX;
 
-	if (kicked || stopping)
-		return 0;
 	for (int i = 0; i < ntimers; i++)
 		if (timers[i].deadline < first)
 			first = timers[i].deadline;
+	return first;
+}
+
+/* Milliseconds until the nearest timer (rounded up), or -1 for none. */
+static int next_timeout(void)
+{
+	uint64_t now, first;
+
+	if (kicked || stopping)
+		return 0;
+	first = nearest_deadline();
 	if (first == UINT64_MAX)
 		return -1;
 	now = sched_now_ns();
@@ -386,16 +395,17 @@ static void poll_adapt(uint64_t waited)
 		poll_ns = poll_ns ? (poll_ns * 2 > poll_max_ns ? poll_max_ns : poll_ns * 2) : 4000;
 }
 
-/* Wait for events: poll for up to the window, then sleep until an event
- * or the nearest timer. */
+/* Wait for events: poll for up to the window (never past a timer's
+ * deadline), then sleep until an event or the nearest timer. */
 static int wait_events(struct epoll_event *evs, int max)
 {
 	int tmo = next_timeout(), n;
-	uint64_t start;
+	uint64_t start, now, deadline;
 
 	if (tmo == 0 || !poll_max_ns)
 		return epoll_wait(epfd, evs, max, tmo);
 	start = sched_now_ns();
+	deadline = nearest_deadline();
 	while (poll_ns) {
 		n = epoll_wait(epfd, evs, max, 0);
 		if (n != 0) {
@@ -404,7 +414,10 @@ static int wait_events(struct epoll_event *evs, int max)
 			poll_adapt(sched_now_ns() - start);
 			return n;
 		}
-		if (sched_now_ns() - start >= poll_ns)
+		now = sched_now_ns();
+		if (now >= deadline)
+			return 0; /* a timer is due: run it */
+		if (now - start >= poll_ns)
 			break;
 	}
 	n = epoll_wait(epfd, evs, max, next_timeout());

@@ -44,12 +44,20 @@ nothing_left() {
 }
 
 # diagnose PID MINOR: what the daemon and the nbd devices are doing, when a
-# check has failed: the disk's stats, the requests each device has in flight
-# and the kernel's last nbd and blkback messages.
+# check has failed: the disk's stats and held requests, the daemon's sockets,
+# the requests each nbd device has in flight and the kernel's last nbd and
+# blkback messages.
 diagnose() {
 	echo "XEN:   stats: $(tap-ctl-renew stats -p "$1" -m "$2" 2>&1 | tr -d '\n' | cut -c1-1500)"
+	echo "XEN:   list: $(tap-ctl-renew list --json -p "$1" -m "$2" 2>&1 | tr -d '\n')"
 	for d in /sys/block/nbd*; do
 		[ -e "$d/pid" ] && echo "XEN:   ${d##*/}: inflight $(cat "$d/inflight"), daemon $(cat "$d/pid")"
+	done
+	# the daemon's sockets: bytes the daemon has not read (Recv-Q) or the peer has not (Send-Q)
+	ss -xpn 2>/dev/null | grep -a "pid=$1," | sed 's/^/XEN:   socket: /'
+	mount -t debugfs none /sys/kernel/debug 2>/dev/null
+	for t in /sys/kernel/debug/nbd/nbd*/tasks; do
+		[ -e "$t" ] && sed "s|^|XEN:   ${t#/sys/kernel/debug/nbd/}: |" "$t"
 	done
 	dmesg | grep -a -i 'nbd\|blkback\|xen-blkback' | tail -n 8 | sed 's/^/XEN:   dmesg: /'
 	tail -n 5 $HLOG 2>/dev/null | sed 's/^/XEN:   hotplug: /'
