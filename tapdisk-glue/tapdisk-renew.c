@@ -54,6 +54,7 @@ static int set_poll_max(const char *what, const char *text)
 	if (!*text || *end || errno || v > POLL_MAX_US_LIMIT || text[0] == '-') {
 		fprintf(stderr, "tapdisk-renew: %s: '%s' is not a number of microseconds from 0 to %d\n",
 			what, text, POLL_MAX_US_LIMIT);
+		usage(stderr);
 		return -1;
 	}
 	sched_set_poll_max_us((unsigned int)v);

@@ -15,3 +15,15 @@ lsrun() { ls -A "$RENEW_RUNDIR" | grep -v '^\.create\.lock$' || true; }
 field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 # json_get FILE EXPR: evaluate a python expression on the JSON in FILE (as j).
 json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
+# expect_usage DESCRIPTION PATTERN CMD...: a usage error: exit 2, a message
+# matching PATTERN and the usage text.
+expect_usage() {
+	local d=$1 pat=$2 rc
+	shift 2
+	"$@" >"$T/out" 2>&1
+	rc=$?
+	[ $rc = 2 ] || { cat "$T/out"; fail "$d: exit $rc, expected 2"; }
+	grep -q -- "$pat" "$T/out" || { cat "$T/out"; fail "$d: message lacks '$pat'"; }
+	grep -q "^usage:" "$T/out" || fail "$d: no usage text"
+	ok "$d: $(head -n1 "$T/out")"
+}

@@ -6,17 +6,6 @@
 
 mkraw "$T/a.raw" 0xaa $((1 << 20))
 
-# usage: expect_usage DESCRIPTION PATTERN CMD...: exit 2, message matches.
-expect_usage() {
-	local d=$1 pat=$2 rc
-	shift 2
-	"$@" >"$T/out" 2>&1
-	rc=$?
-	[ $rc = 2 ] || { cat "$T/out"; fail "$d: exit $rc, expected 2"; }
-	grep -q -- "$pat" "$T/out" || { cat "$T/out"; fail "$d: message lacks '$pat'"; }
-	grep -q "^usage:" "$T/out" || fail "$d: no usage text"
-	ok "$d: $(head -n1 "$T/out")"
-}
 # expect_msg DESCRIPTION PATTERN CMD...: exit 1 with "tap-ctl-renew: VERB: ..." matching.
 expect_msg() {
 	local d=$1 pat=$2 rc
