@@ -421,6 +421,10 @@ static int bits_present(struct renew_state *s, uint32_t blk, td_request_t p, int
 	bm = renew_block_bitmap(s, blk, err);
 	if (!bm)
 		return -1;
+	if (bitmap_full(bm, s->vhd.spb)) {
+		note_bitmap(s, blk, bm); /* the next writes take the fast path */
+		return 1;
+	}
 	return bitmap_run(bm, (uint32_t)(p.sec % s->vhd.spb), (uint32_t)p.secs, 1) ==
 	       (uint32_t)p.secs;
 }

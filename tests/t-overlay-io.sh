@@ -63,3 +63,15 @@ if qio "$T/ro.sock" "write -P 9 0 4096" 2>&1 | grep -q "^wrote"; then fail "read
 export_to "$T/ro.sock" "$T/e4"
 same "$T/e4" "$T/e2"
 ok "read-only export refuses writes"
+
+# a block whose bitmap is full is noticed on a write too (not only on a
+# read): later writes to it skip the bitmap cache. fio above wrote every
+# sector of [16M, 24M), blocks 8 to 11.
+unserve
+serve "renew:$T/ov.vhd" "$T/s.sock"
+qio "$T/s.sock" "write -P 8 16M 4k" "write -P 8 18M 4k" "write -P 8 20M 4k" "write -P 8 22M 4k" \
+	"read -P 8 22M 4k" >"$T/qio.out" || { cat "$T/qio.out"; fail "writes into full blocks"; }
+"$BIN/tap-ctl-renew" stats -p "$SPID" -m 0 >"$T/stats" || fail "stats"
+python3 -c 'import json,sys; i=json.load(open(sys.argv[1]))["images"][0]; assert i["full_blocks"] == 4 and i["bitmaps_cached"] == 0, i' "$T/stats" ||
+	fail "writes into 4 full blocks: $(grep -E 'full_blocks|bitmaps_cached' "$T/stats" | tr -d ' \n')"
+ok "writes into full blocks mark them full (4 full, no bitmap cached)"
