@@ -10,7 +10,8 @@
  * Writes to a block that is not allocated yet follow lib/vhd's crash
  * order: reserve (new end footer past the block), data, bitmap, BAT entry;
  * only then is the write acknowledged. A kill at any point leaks the
- * reserved space at worst. Unwritten sectors of a new block stay holes in
+ * reserved space at worst; a data or bitmap write that fails (no room,
+ * an I/O error) gives the space back when no later block sits past it. Unwritten sectors of a new block stay holes in
  * the file and are never read (their bitmap bits are clear): there is no
  * zero-fill.
  */
@@ -318,6 +319,13 @@ static void alloc_finish(struct renew_state *s, struct renew_alloc *a)
 	}
 }
 
+/* The allocation failed before its BAT entry: give its space back. */
+static void alloc_cancel(struct renew_state *s, struct renew_alloc *a)
+{
+	if (vhd_alloc_cancel(&s->vhd, a->bm_sec, a->prev_footer_off))
+		EPRINTF("%s (the space stays reserved)", vhd_errmsg());
+}
+
 /* The allocating write's data landed: bitmap, then BAT entry, then ack. */
 static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request_t p)
 {
@@ -329,9 +337,14 @@ static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request
 	td_fault("alloc.data");
 	err = vhd_write_bitmap_at(&s->vhd, a->bm_sec, bm);
 	td_fault("alloc.bitmap");
-	if (!err)
-		err = vhd_alloc_commit(&s->vhd, a->blk, a->bm_sec);
 	if (err) {
+		EPRINTF("%s", vhd_errmsg());
+		alloc_cancel(s, a);
+		return err;
+	}
+	err = vhd_alloc_commit(&s->vhd, a->blk, a->bm_sec);
+	if (err) {
+		/* the BAT sector may be half there: keep the space it may name */
 		EPRINTF("%s", vhd_errmsg());
 		return err;
 	}
@@ -349,7 +362,9 @@ static void write_done(void *arg, struct tiocb *t, int err)
 
 	(void)t;
 	if (a) {
-		if (!err)
+		if (err)
+			alloc_cancel(s, a);
+		else
 			err = alloc_commit(s, a, treq);
 		io_put(s, io);
 		td_complete_request(treq, err);
@@ -377,6 +392,7 @@ static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
 		td_complete_request(p, -ENOMEM);
 		return;
 	}
+	a->prev_footer_off = s->vhd.footer_off;
 	err = vhd_alloc_reserve(&s->vhd, blk, &a->bm_sec);
 	if (err) {
 		EPRINTF("%s", vhd_errmsg());

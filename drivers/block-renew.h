@@ -29,6 +29,7 @@ struct renew_io {
 struct renew_alloc {
 	uint32_t blk;
 	uint32_t bm_sec;
+	uint64_t prev_footer_off;   /* to give the space back if the data fails */
 	struct renew_io *waiters;
 	struct renew_alloc *next;
 };

@@ -50,6 +50,9 @@ cleanup() {
 	local rc=$?
 	for p in $PIDS; do kill "$p" 2>/dev/null; done
 	for p in $PIDS; do wait_for 5 sh -c "! kill -0 $p" || kill -9 "$p" 2>/dev/null; done
+	# filesystems a test mounted under $T (small ones, to fill up)
+	awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r |
+		while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
 	if [ -n "$VG" ] && [ $rc -eq 0 ] && cat "$T"/vg.* 2>/dev/null | grep -q .; then
 		cat "$T"/vg.*
 		echo "FAIL: valgrind reported errors in a spawned daemon"

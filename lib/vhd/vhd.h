@@ -164,6 +164,11 @@ static inline void vhd_bitmap_set(uint8_t *bm, uint32_t i)
 int vhd_alloc_reserve(struct vhd_image *img, uint32_t blk, uint32_t *bm_sec);
 int vhd_write_bitmap_at(struct vhd_image *img, uint32_t bm_sec, const uint8_t *bm);
 int vhd_alloc_commit(struct vhd_image *img, uint32_t blk, uint32_t bm_sec);
+/* Undo step 1 when step 2 failed (no room, an I/O error) and no block was
+ * placed after this one since: the footer goes back to `prev_footer_off`
+ * (footer_off before the reserve) and the file shrinks to it. Otherwise
+ * the space stays reserved, a leak `check --repair` reclaims. */
+int vhd_alloc_cancel(struct vhd_image *img, uint32_t bm_sec, uint64_t prev_footer_off);
 /* All three at once with an empty-data bitmap `bm` (synchronous tools). */
 int vhd_alloc_block(struct vhd_image *img, uint32_t blk, const uint8_t *bm);
 

@@ -1,0 +1,64 @@
+#!/bin/bash
+# The overlay's filesystem fills up while a client writes: each write that
+# finds no room fails with ENOSPC (qemu-io says "No space left"), the
+# daemon keeps serving, every write acknowledged before reads back, the
+# image checks clean, and once there is room again writes land as before.
+. "$(dirname "$0")/lib.sh"
+
+mkdir -p "$T/small"
+mount -t tmpfs -o size=12M tmpfs "$T/small" 2>/dev/null ||
+	skip "cannot mount a small tmpfs here (needs root)"
+truncate -s 64M "$T/small/base.raw"   # sparse: the overlay has the room
+img snapshot "$T/small/base.raw" "$T/small/ov.vhd" >/dev/null || fail snapshot
+serve "renew:$T/small/ov.vhd" "$T/s.sock"
+
+# 1 MiB into each 2 MiB block, one qemu-io each, until one fails: the
+# filesystem holds about ten blocks
+: >"$T/acked"
+refused=""
+for i in $(seq 0 31); do
+	off=$((i * 2 + 1))M
+	if qio "$T/s.sock" "write -P $((i + 1)) $off 1M" >"$T/qio.out" 2>&1 && grep -q '^wrote' "$T/qio.out"; then
+		echo "$off 1M $((i + 1))" >>"$T/acked"
+	else
+		refused=$off
+		break
+	fi
+done
+[ -n "$refused" ] || fail "32 MiB went into a 12 MiB filesystem"
+grep -q "No space left" "$T/qio.out" || { cat "$T/qio.out"; fail "the refused write does not say ENOSPC"; }
+n=$(wc -l <"$T/acked")
+[ "$n" -ge 4 ] || fail "only $n writes before the filesystem filled"
+ok "write $((n + 1)) (at $refused) refused with ENOSPC: $(grep -m1 'No space' "$T/qio.out")"
+
+# refused again while full, and small writes into allocated blocks still land
+qio "$T/s.sock" "write -P 99 $refused 1M" >"$T/qio.out" 2>&1
+grep -q "No space left" "$T/qio.out" || { cat "$T/qio.out"; fail "the same write again: not ENOSPC"; }
+qio "$T/s.sock" "write -P 98 1M 4k" >"$T/qio.out" 2>&1 && grep -q '^wrote' "$T/qio.out" ||
+	{ cat "$T/qio.out"; fail "an overwrite in an allocated block failed while the filesystem is full"; }
+echo "1M 4k 98" >>"$T/acked"
+tests/apply-writes.py "$T/small/base.raw" "$T/want" <"$T/acked"
+export_to "$T/s.sock" "$T/got"
+same "$T/got" "$T/want"
+ok "while full: new blocks refused, overwrites land, all $((n + 1)) acknowledged writes read back"
+
+unserve
+img check "$T/small/ov.vhd" >"$T/check" 2>&1 || { cat "$T/check"; fail "check after ENOSPC"; }
+# a refused allocation gives its space back: nothing leaks
+grep -q "leak" "$T/check" && { cat "$T/check"; fail "a refused allocation left its space reserved"; }
+img convert "$T/small/ov.vhd" "$T/conv" || fail convert
+same "$T/conv" "$T/want"
+ok "after a clean stop the image checks clean, no space leaked: $(head -n1 "$T/check")"
+
+# room again: the refused write lands, the rest is unchanged
+mount -o remount,size=48M "$T/small" || fail "remount bigger"
+serve "renew:$T/small/ov.vhd" "$T/s.sock"
+qio "$T/s.sock" "write -P 77 $refused 1M" >"$T/qio.out" 2>&1 && grep -q '^wrote' "$T/qio.out" ||
+	{ cat "$T/qio.out"; fail "the write refused before fails with room"; }
+echo "$refused 1M 77" >>"$T/acked"
+tests/apply-writes.py "$T/small/base.raw" "$T/want" <"$T/acked"
+export_to "$T/s.sock" "$T/got"
+same "$T/got" "$T/want"
+unserve
+img check "$T/small/ov.vhd" >/dev/null || fail "check after the filesystem grew"
+ok "with room again the refused write lands and everything reads back"
