@@ -121,7 +121,7 @@ static int attach_device(const struct opts *o, int pid, int minor, const char *s
 	char err[CTL_ERRLEN];
 	int rc;
 
-	if (nbd_connect(sock, o->connections ? o->connections : nbd_default_connections(), dev,
+	if (nbd_connect(sock, o->connections ? o->connections : NBD_DEFAULT_CONNECTIONS, dev,
 			devlen, err, sizeof(err))) {
 		warnx_(o, "%s: %s", o->params, err);
 		return -1;

@@ -15,9 +15,6 @@
  * sees the logical sector size its partition table was written with. */
 #define NBD_BLOCK_SIZE "512"
 #define NBD_MAX_DEVICES 1024
-/* The default stops here: more queues than this only cost the daemon
- * sockets, it serves every connection from one loop. */
-#define NBD_DEFAULT_MAX_CONNECTIONS 4
 
 /* Run argv with stdout+stderr captured in `out` (first line kept);
  * returns the exit status, 127 when it could not be run. */
@@ -136,13 +133,6 @@ static int free_device(char *dev, size_t devlen, char *err, size_t errlen)
 	}
 	snprintf(err, errlen, "no free /dev/nbdN device (every one is connected)");
 	return -1;
-}
-
-int nbd_default_connections(void)
-{
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-
-	return cpus < 1 ? 1 : cpus > NBD_DEFAULT_MAX_CONNECTIONS ? NBD_DEFAULT_MAX_CONNECTIONS : (int)cpus;
 }
 
 int nbd_connect(const char *sock, int connections, char *dev, size_t devlen, char *err,

@@ -94,9 +94,14 @@ int cmd_destroy(const struct opts *o);
 /* Connect a free /dev/nbdN to `sock`; 0 and the device, or -1 with why. */
 int nbd_connect(const char *sock, int connections, char *dev, size_t devlen, char *err,
 		size_t errlen);
-/* How many connections /dev/nbdN gets by default: one per online CPU (the
- * kernel client serves each from its own queue), at most 4. */
-int nbd_default_connections(void);
+/* /dev/nbdN gets one connection unless asked for more. The kernel client
+ * reads each connection's replies in a work item of one workqueue; when it
+ * is slow to start a worker (a loaded or small dom0), the queue's rescuer
+ * thread runs the items one after the other, and as the first never ends,
+ * a second connection's replies are never read: its requests hang until
+ * the kernel's 30 s timeout. blkback submits from one thread per ring, so
+ * a guest gains little from more. */
+#define NBD_DEFAULT_CONNECTIONS 1
 /* Disconnect `dev`; 0 or -1 with why. */
 int nbd_disconnect(const char *dev, char *err, size_t errlen);
 /* Whether the nbd module can be used, in words; 1 = yes. */

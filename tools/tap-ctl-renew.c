@@ -23,7 +23,7 @@ static const char usage_text[] =
 	"  create  -a TYPE:PATH [-R] [--socket-only | --connections N] [--history DIR]\n"
 	"                                         spawn+attach+open; print /dev/nbdN (or the\n"
 	"                                         NBD socket with --socket-only); /dev/nbdN uses\n"
-	"                                         N connections (default: one per CPU, at most 4);\n"
+	"                                         N connections (default 1);\n"
 	"                                         renews of the disk keep their old overlays in DIR\n"
 	"  destroy -p PID -m MINOR | -d /dev/nbdN disconnect, close, detach\n"
 	"  list    [-p PID] [-m MINOR] [-t TYPE] [-f FILE] [--json]\n"

@@ -59,6 +59,11 @@ diagnose() {
 	for t in /sys/kernel/debug/nbd/nbd*/tasks; do
 		[ -e "$t" ] && sed "s|^|XEN:   ${t#/sys/kernel/debug/nbd/}: |" "$t"
 	done
+	# the threads running the nbd driver's receive work, one per live
+	# connection (a rescuer thread is named after the workqueue, knbdN-recv)
+	for s in /proc/[0-9]*/stack; do
+		grep -q recv_work "$s" 2>/dev/null && echo "XEN:   receiver: $(cat "${s%/stack}/comm") (pid $(basename "${s%/stack}"))"
+	done
 	dmesg | grep -a -i 'nbd\|blkback\|xen-blkback' | tail -n 8 | sed 's/^/XEN:   dmesg: /'
 	tail -n 5 $HLOG 2>/dev/null | sed 's/^/XEN:   hotplug: /'
 }
@@ -124,13 +129,12 @@ run_disk() {
 	else
 		fail "$name: attached, but list says '$line' and the backend device is '$dev'"
 	fi
-	# tap-ctl create connects the device with one connection per CPU (at most 4)
-	local want conns queues
-	want=$(nproc); [ "$want" -gt 4 ] && want=4
+	# tap-ctl create connects the device with one connection (see NBD_DEFAULT_CONNECTIONS)
+	local conns queues
 	conns=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | sed -n 's/.*"nbd_connections":\([0-9]*\).*/\1/p')
 	queues=$(ls -d /sys/block/${dev#/dev/}/mq/* 2>/dev/null | wc -l)
-	check "$name: $dev uses $want connections (one per CPU): the daemon counts $conns, the device has $queues queues" \
-		test "$conns" = "$want" -a "$queues" = "$want"
+	check "$name: $dev uses one connection: the daemon counts $conns, the device has $queues queues" \
+		test "$conns" = 1 -a "$queues" = 1
 	if ! wait_for 600 con_has "GUEST: $vdev writing"; then
 		fail "$name: the guest did not start writing on $vdev"; tail -n 20 "$CON"
 		timeout 60 xl block-detach g1 "$vdev"
