@@ -11,9 +11,9 @@
  * order: reserve (new end footer past the block), data, bitmap, BAT entry;
  * only then is the write acknowledged. A kill at any point leaks the
  * reserved space at worst; a data or bitmap write that fails (no room,
- * an I/O error) gives the space back when no later block sits past it. Unwritten sectors of a new block stay holes in
- * the file and are never read (their bitmap bits are clear): there is no
- * zero-fill.
+ * an I/O error) gives the space back when no later block sits past it.
+ * Unwritten sectors of a new block stay holes in the file and are never
+ * read (their bitmap bits are clear): there is no zero-fill.
  */
 #include <errno.h>
 #include <fcntl.h>
