@@ -3,6 +3,7 @@
 # finds no room fails with ENOSPC (qemu-io says "No space left"), the
 # daemon keeps serving, every write acknowledged before reads back, the
 # image checks clean, and once there is room again writes land as before.
+# renew-img write into a full filesystem fails the same clean way.
 . "$(dirname "$0")/lib.sh"
 
 mkdir -p "$T/small"
@@ -62,3 +63,16 @@ same "$T/got" "$T/want"
 unserve
 img check "$T/small/ov.vhd" >/dev/null || fail "check after the filesystem grew"
 ok "with room again the refused write lands and everything reads back"
+
+# renew-img write into a full filesystem: a clear error, no space leaked,
+# what was there before unchanged
+avail=$(df --output=avail -B1 "$T/small" | tail -n 1)
+fallocate -l $((avail - (3 << 20))) "$T/small/filler" || fail "fallocate filler"
+head -c 16M /dev/urandom >"$T/more"
+if img write "$T/small/ov.vhd" 32M <"$T/more" >"$T/out" 2>&1; then fail "renew-img write of 16 MiB into 3 MiB succeeded"; fi
+grep -q "ov.vhd.*No space left" "$T/out" || { cat "$T/out"; fail "renew-img write: no clear ENOSPC message"; }
+img check "$T/small/ov.vhd" >"$T/check" 2>&1 || { cat "$T/check"; fail "check after renew-img write hit ENOSPC"; }
+grep -q "leak" "$T/check" && { cat "$T/check"; fail "renew-img write left its space reserved"; }
+img convert "$T/small/ov.vhd" "$T/conv" || fail convert
+cmp -n $((32 << 20)) "$T/conv" "$T/want" || fail "renew-img write on a full filesystem changed data before its offset"
+ok "renew-img write on a full filesystem: $(head -n 1 "$T/out"); no leak, the rest unchanged"

@@ -32,8 +32,8 @@ static int write_in_block(struct vhd_image *img, uint64_t sec, uint32_t n, const
 {
 	uint32_t blk = (uint32_t)(sec / img->spb), in = (uint32_t)(sec % img->spb), bm_sec;
 	uint8_t bm[VHD_BITMAP_BYTES];
-	int fresh = !vhd_block_allocated(img, blk);
-	uint64_t data_off;
+	int fresh = !vhd_block_allocated(img, blk), rc;
+	uint64_t data_off, prev_footer_off = img->footer_off;
 
 	if (fresh) {
 		memset(bm, 0, sizeof(bm));
@@ -45,12 +45,21 @@ static int write_in_block(struct vhd_image *img, uint64_t sec, uint32_t n, const
 		bm_sec = img->bat[blk];
 	}
 	data_off = ((uint64_t)bm_sec + img->bm_secs + in) << VHD_SECTOR_SHIFT;
-	if (pwrite(img->fd, data, (size_t)n << VHD_SECTOR_SHIFT, (off_t)data_off) != (ssize_t)n << VHD_SECTOR_SHIFT)
-		return vhd_fail(errno ? errno : EIO, "write: %s: data at %llu: %s", img->path,
-				(unsigned long long)data_off, strerror(errno ? errno : EIO));
-	for (uint32_t i = in; i < in + n; i++)
-		vhd_bitmap_set(bm, i);
-	if (vhd_write_bitmap_at(img, bm_sec, bm))
+	rc = vhd_write_at(img, data, (size_t)n << VHD_SECTOR_SHIFT, data_off, "data");
+	if (!rc) {
+		for (uint32_t i = in; i < in + n; i++)
+			vhd_bitmap_set(bm, i);
+		rc = vhd_write_bitmap_at(img, bm_sec, bm);
+	}
+	if (rc && fresh) {
+		/* a new block's space goes back; the message stays the write's */
+		char why[512];
+
+		snprintf(why, sizeof(why), "%s", vhd_errmsg());
+		if (vhd_alloc_cancel(img, bm_sec, prev_footer_off))
+			vhd_fail(-rc, "%s", why);
+	}
+	if (rc)
 		return -1;
 	return fresh ? vhd_alloc_commit(img, blk, bm_sec) : 0;
 }

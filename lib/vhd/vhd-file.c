@@ -228,15 +228,24 @@ int vhd_probe(const char *path)
 	return found;
 }
 
-/* Write a whole buffer at an offset, naming the operation on failure. */
+/* Write a whole buffer at an offset, naming the operation on failure. A
+ * short write is continued: the next call says why it stopped (ENOSPC). */
 int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
 {
-	ssize_t n;
+	size_t done = 0;
+	ssize_t n = 0;
 
 	if (img->rdonly)
 		return vhd_fail(EROFS, "write: %s: opened read-only", img->path);
-	n = pwrite(img->fd, buf, len, (off_t)off);
-	if (n == (ssize_t)len)
+	while (done < len) {
+		n = pwrite(img->fd, (const char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		done += (size_t)n;
+	}
+	if (done == len)
 		return 0;
 	return vhd_fail(n < 0 ? errno : EIO, "write: %s: writing the %s at %llu: %s", img->path, what,
 			(unsigned long long)off, n < 0 ? strerror(errno) : "short write");

@@ -235,6 +235,39 @@ static void test_alloc_order(void)
 	reopen_expect(path, 0, 1, 1);
 }
 
+/* A reservation whose data failed gives its space back, but only the last
+ * one: an earlier one stays a leak under the later block. */
+static void test_alloc_cancel(void)
+{
+	const char *path = p("cancel.vhd");
+	struct vhd_image img;
+	uint32_t a, b;
+	uint64_t before, mid;
+	struct stat st;
+
+	CHECK(vhd_create(path, 10ull << 20) == 0);
+	CHECK(vhd_open(&img, path, 0) == 0);
+	before = img.footer_off;
+	CHECK(vhd_alloc_reserve(&img, 1, &a) == 0);
+	CHECK(vhd_alloc_cancel(&img, a, before) == 0);
+	CHECK(img.footer_off == before);
+	CHECK(fstat(img.fd, &st) == 0 && (uint64_t)st.st_size == before + 512);
+	vhd_close(&img);
+	reopen_expect(path, 1, 0, 0);
+	/* two in flight: the first cannot go back, the second can */
+	CHECK(vhd_open(&img, path, 0) == 0);
+	CHECK(vhd_alloc_reserve(&img, 1, &a) == 0);
+	mid = img.footer_off;
+	CHECK(vhd_alloc_reserve(&img, 2, &b) == 0);
+	CHECK(vhd_alloc_cancel(&img, a, before) == 0);
+	CHECK(img.footer_off > mid);
+	CHECK(vhd_alloc_cancel(&img, b, mid) == 0);
+	CHECK(img.footer_off == mid);
+	vhd_close(&img);
+	reopen_expect(path, 1, 0, 1);
+	CHECK(stat(path, &st) == 0 && (uint64_t)st.st_size == mid + 512);
+}
+
 /* Write a file of `size` bytes where byte i of sector s is (s + i) & 0xff. */
 static void make_raw(const char *path, uint64_t size)
 {
@@ -331,6 +364,7 @@ int main(void)
 	test_geometry();
 	test_misc();
 	test_alloc_order();
+	test_alloc_cancel();
 	test_chain();
 	test_create_limits();
 	if (failures) {
