@@ -273,21 +273,17 @@ static uint64_t nearest_deadline(void)
 	return first;
 }
 
-/* Milliseconds until the nearest timer (rounded up), or -1 for none. */
-static int next_timeout(void)
+/* Milliseconds from `now` until `deadline` (rounded up), or -1 for none. */
+static int timeout_ms(uint64_t deadline, uint64_t now)
 {
-	uint64_t now, first;
-
 	if (kicked || stopping)
 		return 0;
-	first = nearest_deadline();
-	if (first == UINT64_MAX)
+	if (deadline == UINT64_MAX)
 		return -1;
-	now = sched_now_ns();
-	if (first <= now)
+	if (deadline <= now)
 		return 0;
-	first = (first - now + 999999) / 1000000;
-	return first > 3600000 ? 3600000 : (int)first;
+	deadline = (deadline - now + 999999) / 1000000;
+	return deadline > 3600000 ? 3600000 : (int)deadline;
 }
 
 /* Fire expired timers; each is removed before its callback runs. */
@@ -399,13 +395,11 @@ static void poll_adapt(uint64_t waited)
  * deadline), then sleep until an event or the nearest timer. */
 static int wait_events(struct epoll_event *evs, int max)
 {
-	int tmo = next_timeout(), n;
-	uint64_t start, now, deadline;
+	uint64_t deadline = nearest_deadline(), start = sched_now_ns(), now;
+	int tmo = timeout_ms(deadline, start), n;
 
 	if (tmo == 0 || !poll_max_ns)
 		return epoll_wait(epfd, evs, max, tmo);
-	start = sched_now_ns();
-	deadline = nearest_deadline();
 	while (poll_ns) {
 		n = epoll_wait(epfd, evs, max, 0);
 		if (n != 0) {
@@ -420,7 +414,7 @@ static int wait_events(struct epoll_event *evs, int max)
 		if (now - start >= poll_ns)
 			break;
 	}
-	n = epoll_wait(epfd, evs, max, next_timeout());
+	n = epoll_wait(epfd, evs, max, timeout_ms(deadline, sched_now_ns()));
 	poll_adapt(sched_now_ns() - start);
 	return n;
 }
