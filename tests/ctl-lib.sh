@@ -18,11 +18,9 @@ json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); pri
 # expect_usage DESCRIPTION PATTERN CMD...: a usage error: exit 2, a message
 # matching PATTERN and the usage text.
 expect_usage() {
-	local d=$1 pat=$2 rc
+	local d=$1 pat=$2
 	shift 2
-	"$@" >"$T/out" 2>&1
-	rc=$?
-	[ $rc = 2 ] || { cat "$T/out"; fail "$d: exit $rc, expected 2"; }
+	run_rc 2 "$d" "$@"
 	grep -q -- "$pat" "$T/out" || { cat "$T/out"; fail "$d: message lacks '$pat'"; }
 	grep -q "^usage:" "$T/out" || fail "$d: no usage text"
 	ok "$d: $(head -n1 "$T/out")"

@@ -29,6 +29,14 @@ skip() { echo "skip: $*"; exit 77; }
 ok() { echo "ok: $*"; }
 # expect_fail DESCRIPTION CMD...: the command must exit non-zero.
 expect_fail() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then cat "$T/out"; fail "$d: succeeded"; fi; ok "$d: $(head -c 300 "$T/out" | tr '\n' ' ')"; }
+# run_rc WANT DESC CMD...: the command exits WANT; its output is in $T/out.
+run_rc() {
+	local want=$1 d=$2 rc
+	shift 2
+	"$@" >"$T/out" 2>&1 </dev/null
+	rc=$?
+	[ $rc = "$want" ] || { cat "$T/out"; fail "$d: '$*' exit $rc, want $want"; }
+}
 # wait_for SECONDS CMD...: poll until CMD succeeds.
 wait_for() { local n=$(( $1 * 20 )); shift; while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -gt 0 ] || return 1; sleep 0.05; done; }
 same() { cmp "$1" "$2" >/dev/null || fail "$1 and $2 differ"; }

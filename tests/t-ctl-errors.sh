@@ -8,11 +8,9 @@ mkraw "$T/a.raw" 0xaa $((1 << 20))
 
 # expect_msg DESCRIPTION PATTERN CMD...: exit 1 with "tap-ctl-renew: VERB: ..." matching.
 expect_msg() {
-	local d=$1 pat=$2 rc
+	local d=$1 pat=$2
 	shift 2
-	"$@" >"$T/out" 2>&1
-	rc=$?
-	[ $rc = 1 ] || { cat "$T/out"; fail "$d: exit $rc, expected 1"; }
+	run_rc 1 "$d" "$@"
 	grep -q "^tap-ctl-renew: [a-z-]*: .*$pat" "$T/out" || { cat "$T/out"; fail "$d: message lacks '$pat'"; }
 	ok "$d: $(head -n1 "$T/out")"
 }

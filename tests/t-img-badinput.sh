@@ -14,14 +14,6 @@ flip() {
 	poke "$1" "$2" "$(printf '\\x%02x' $(( 255 - b )))"
 }
 fsize() { stat -c %s "$1"; }
-# run_rc WANT DESC CMD...: the command exits WANT and says why.
-run_rc() {
-	local want=$1 d=$2 rc
-	shift 2
-	"$@" >"$T/out" 2>&1 </dev/null
-	rc=$?
-	[ $rc = "$want" ] || { cat "$T/out"; fail "$d: '$*' exit $rc, want $want"; }
-}
 # bad_image FILE PATTERN DESC: info, map, convert, check and write all fail
 # with exit 1 and a message matching PATTERN; the image is unchanged.
 bad_image() {
