@@ -14,6 +14,11 @@
  * an I/O error) gives the space back when no later block sits past it.
  * Unwritten sectors of a new block stay holes in the file and are never
  * read (their bitmap bits are clear): there is no zero-fill.
+ *
+ * A write whose sectors the block already records needs nothing once it
+ * lands, so it may go behind its ack (write-behind.c); every read or write
+ * of an allocated block first waits for a landing write it overlaps, and
+ * a flush waits for them all.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +49,25 @@ static void full_set(struct renew_state *s, uint32_t blk)
 		s->full[blk >> 3] |= (uint8_t)(1u << (blk & 7));
 		s->full_blocks++;
 	}
+}
+
+/* Is the block's data in the file without holes, so that overwriting it
+ * never allocates? Asked of the filesystem once per block and open: a
+ * write that could need space (a copy made sparse, say) must not go
+ * behind its ack, or a full disk could fail it after the ack. */
+static int block_solid(struct renew_state *s, uint32_t blk)
+{
+	uint8_t bits = (uint8_t)(s->solid[blk >> 2] >> ((blk & 3) * 2));
+	uint64_t off = vhd_block_data_off(&s->vhd, blk);
+	uint64_t end = off + ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
+	off_t hole;
+
+	if (bits & 1)
+		return (bits >> 1) & 1;
+	hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
+	bits = (uint8_t)(1 | (hole >= 0 && (uint64_t)hole >= end ? 2 : 0));
+	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
+	return bits >> 1;
 }
 
 /* Grow the pool by one chunk: requests in flight are bounded by clients. */
@@ -186,6 +210,48 @@ static void read_from_overlay(struct renew_state *s, td_request_t p, uint32_t bl
 	queue_data_io(s, io, 0, sector_off(s, blk, p.sec), read_done);
 }
 
+static void read_block(struct renew_state *s, td_request_t p, uint32_t blk);
+static void write_block(struct renew_state *s, td_request_t p, uint32_t blk);
+
+/* An overlapping write has landed: run the parked piece again. */
+static void retry_piece(void *arg, int err)
+{
+	struct renew_io *io = arg;
+	struct renew_state *s = io->s;
+	td_request_t p = io->treq;
+	uint32_t blk = io->blk;
+
+	(void)err;
+	io_put(s, io);
+	if (p.op == TD_OP_READ)
+		read_block(s, p, blk);
+	else
+		write_block(s, p, blk);
+}
+
+/* Park the piece while a write to its bytes is still landing; 1 if parked. */
+static int wait_landing(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_io *io;
+	int r;
+
+	if (!s->wb.head)
+		return 0;
+	io = io_get(s, p);
+	if (!io) {
+		td_complete_request(p, -ENOMEM);
+		return 1;
+	}
+	io->blk = blk;
+	r = td_wb_wait(&s->wb, sector_off(s, blk, p.sec), (uint64_t)p.secs << VHD_SECTOR_SHIFT,
+		       retry_piece, io);
+	if (r <= 0)
+		io_put(s, io);
+	if (r < 0)
+		td_complete_request(p, r);
+	return r != 0;
+}
+
 /* One block's part of a read: overlay runs and parent runs by the bitmap. */
 static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
 {
@@ -198,6 +264,8 @@ static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
 		td_forward_request(p);
 		return;
 	}
+	if (wait_landing(s, p, blk))
+		return;
 	if (full_test(s, blk)) {
 		read_from_overlay(s, p, blk);
 		return;
@@ -247,8 +315,6 @@ static void renew_queue_read(td_driver_t *drv, td_request_t treq)
 }
 
 /* ---- writes ---- */
-
-static void write_block(struct renew_state *s, td_request_t p, uint32_t blk);
 
 static struct renew_alloc *alloc_find(struct renew_state *s, uint32_t blk)
 {
@@ -459,11 +525,17 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 			write_allocate(s, p, blk);
 		return;
 	}
+	if (wait_landing(s, p, blk))
+		return;
 	present = bits_present(s, blk, p, &err);
 	if (present < 0) {
 		td_complete_request(p, err);
 		return;
 	}
+	/* nothing to record once it lands: it may go behind its ack */
+	if (present && !s->copy && s->wb.enabled && block_solid(s, blk) &&
+	    td_wb_write(&s->wb, s->drv, s->dfd, p, sector_off(s, blk, p.sec)) == 1)
+		return;
 	io = io_get(s, p);
 	if (!io) {
 		td_complete_request(p, -ENOMEM);
@@ -514,6 +586,22 @@ static void flush_done(void *arg, struct tiocb *t, int err)
 	td_complete_request(treq, err);
 }
 
+/* Every write acked before the flush has landed: sync them. */
+static void flush_landed(void *arg, int err)
+{
+	struct renew_io *io = arg;
+	struct renew_state *s = io->s;
+
+	if (err) {
+		flush_done(io, NULL, err);
+		return;
+	}
+	/* fdatasync covers the inode: the metadata written through the other
+	 * descriptor is made durable with the data */
+	td_prep_fdsync(s->drv, &io->tiocb, s->dfd, flush_done, io);
+	td_queue_tiocb(s->drv, &io->tiocb);
+}
+
 void renew_flush_local(struct renew_state *s, td_request_t treq)
 {
 	struct renew_io *io;
@@ -527,10 +615,7 @@ void renew_flush_local(struct renew_state *s, td_request_t treq)
 		td_complete_request(treq, -ENOMEM);
 		return;
 	}
-	/* fdatasync covers the inode: the metadata written through the other
-	 * descriptor is made durable with the data */
-	td_prep_fdsync(s->drv, &io->tiocb, s->dfd, flush_done, io);
-	td_queue_tiocb(s->drv, &io->tiocb);
+	td_wb_barrier(&s->wb, flush_landed, io);
 }
 
 static void renew_queue_flush(td_driver_t *drv, td_request_t treq)
@@ -591,6 +676,7 @@ static int lock_image(struct renew_state *s, const char *path)
 
 static void renew_free(struct renew_state *s)
 {
+	td_wb_fini(&s->wb);
 	renew_copy_end(s, NULL);
 	while (s->allocs) {
 		struct renew_alloc *a = s->allocs;
@@ -607,6 +693,8 @@ static void renew_free(struct renew_state *s)
 	bm_cache_free(&s->cache);
 	free(s->full);
 	s->full = NULL;
+	free(s->solid);
+	s->solid = NULL;
 	if (s->dfd >= 0)
 		close(s->dfd);
 	s->dfd = -1;
@@ -642,8 +730,11 @@ static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags
 		EPRINTF("open: %s: %s", name, strerror(errno));
 		goto fail;
 	}
+	if (!rdonly)
+		td_wb_init(&s->wb, s->dfd, name);
 	s->full = calloc((s->vhd.bat_entries + 7) / 8 + 1, 1);
-	err = s->full ? bm_cache_init(&s->cache, s->vhd.bat_entries, BM_CACHE_ENTRIES) : -ENOMEM;
+	s->solid = calloc((s->vhd.bat_entries + 3) / 4 + 1, 1);
+	err = s->full && s->solid ? bm_cache_init(&s->cache, s->vhd.bat_entries, BM_CACHE_ENTRIES) : -ENOMEM;
 	if (err)
 		goto fail;
 	for (uint32_t b = 0; b < s->vhd.bat_entries; b++)
@@ -740,10 +831,13 @@ static void renew_stats(td_driver_t *drv, td_stats_t *st)
 	st->allocated_bytes = s->blocks_allocated * ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
 	st->bitmap_cache_hits = s->cache.hits;
 	st->bitmap_cache_misses = s->cache.misses;
-	snprintf(st->extra, sizeof(st->extra),
-		 "\"full_blocks\":%llu,\"bitmaps_cached\":%u,\"virtual_blocks\":%u",
-		 (unsigned long long)s->full_blocks, bm_cache_count(&s->cache),
-		 s->vhd.bat_entries);
+	int n = snprintf(st->extra, sizeof(st->extra),
+			 "\"full_blocks\":%llu,\"bitmaps_cached\":%u,\"virtual_blocks\":%u,",
+			 (unsigned long long)s->full_blocks, bm_cache_count(&s->cache),
+			 s->vhd.bat_entries);
+
+	if (n > 0 && (size_t)n < sizeof(st->extra))
+		td_wb_stats_json(&s->wb, st->extra + n, sizeof(st->extra) - (size_t)n);
 }
 
 static int renew_lock(td_driver_t *drv, int op)

@@ -7,6 +7,7 @@
 #include "tapdisk.h"
 #include "vhd.h"
 #include "bitmap-cache.h"
+#include "write-behind.h"
 
 #define BM_CACHE_ENTRIES 4096   /* 2 MiB of bitmaps: 8 GiB of partial blocks */
 #define IO_POOL_CHUNK    256
@@ -39,6 +40,7 @@ struct renew_state {
 	int dfd;                    /* data: O_DIRECT when the file allows */
 	int rdonly;
 	uint8_t *full;              /* one bit per block: every sector present */
+	uint8_t *solid;             /* two bits per block: data checked, and without holes */
 	struct bm_cache cache;
 	struct renew_alloc *allocs; /* allocations in progress */
 	struct renew_io *free_io;
@@ -49,6 +51,7 @@ struct renew_state {
 	td_driver_t *drv;
 	struct renew_copy *copy;    /* a commit into the parent, when running */
 	struct renew_copy *prepared; /* checked and opened, not started yet */
+	struct td_wb wb;            /* overwrites acked before they land */
 };
 
 /* block-renew.c, for renew-copy.c */

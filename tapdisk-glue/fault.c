@@ -1,5 +1,7 @@
 /* Fault injection (RENEW_FAULT=POINT[:N[:ACTION]]), so tests can kill the
- * daemon or fail an I/O at a named step and prove nothing is lost. */
+ * daemon or fail an I/O at a named step and prove nothing is lost. ACTION
+ * is eio or enospc (the step fails), delay (the step returns -EINPROGRESS
+ * and waits where the point supports it), or nothing (kill -9). */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -33,7 +35,8 @@ static void fault_parse(void)
 	fault.when = strtol(colon, &colon, 10);
 	if (*colon == ':') {
 		colon++;
-		fault.action = !strcmp(colon, "eio") ? EIO : !strcmp(colon, "enospc") ? ENOSPC : 0;
+		fault.action = !strcmp(colon, "eio") ? EIO : !strcmp(colon, "enospc") ? ENOSPC :
+			       !strcmp(colon, "delay") ? EINPROGRESS : 0;
 	}
 }
 

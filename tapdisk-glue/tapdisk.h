@@ -166,6 +166,7 @@ struct tiocb {
 	void *arg;
 	struct iocb iocb;
 	struct tiocb *next;     /* runtime's queue link */
+	td_queue_callback_t submitted; /* optional: once the kernel has taken it */
 };
 void td_prep_read(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t bytes,
 		  long long offset, td_queue_callback_t cb, void *arg);
@@ -174,6 +175,9 @@ void td_prep_write(td_driver_t *drv, struct tiocb *t, int fd, char *buf, size_t 
 /* fdatasync through the aio queue (IOCB_CMD_FDSYNC): never blocks the loop. */
 void td_prep_fdsync(td_driver_t *drv, struct tiocb *t, int fd, td_queue_callback_t cb, void *arg);
 void td_queue_tiocb(td_driver_t *drv, struct tiocb *t);
+/* Call `cb(arg, t, 0)` once io_submit has accepted `t` (after td_prep_*):
+ * the kernel will finish it even if the process dies. */
+void td_tiocb_on_submit(struct tiocb *t, td_queue_callback_t cb);
 /* The queue is set up on first use; tear it down at exit (nothing in flight). */
 void td_aio_fini(void);
 /* tiocbs queued or in flight (0 when the queue is idle). */

@@ -96,6 +96,7 @@ static void prep_common(struct tiocb *t, td_queue_callback_t cb, void *arg)
 	t->cb = cb;
 	t->arg = arg;
 	t->next = NULL;
+	t->submitted = NULL;
 	t->iocb.data = t;
 }
 
@@ -117,6 +118,11 @@ void td_prep_fdsync(td_driver_t *drv, struct tiocb *t, int fd, td_queue_callback
 {
 	io_prep_fdsync(&t->iocb, fd);
 	prep_common(t, cb, arg);
+}
+
+void td_tiocb_on_submit(struct tiocb *t, td_queue_callback_t cb)
+{
+	t->submitted = cb;
 }
 
 /* Call a tiocb's callback; it may reuse or free the tiocb. */
@@ -223,9 +229,16 @@ static void aio_submit_hook(void *arg)
 			submit_failed(dequeue(), r);
 			continue;
 		}
-		for (int i = 0; i < r; i++)
-			dequeue();
 		inflight += r;
+		for (int i = 0; i < r; i++) {
+			struct tiocb *done = dequeue();
+			td_queue_callback_t cb = done->submitted;
+
+			/* it cannot complete before the next reap: still ours */
+			done->submitted = NULL;
+			if (cb)
+				cb(done->arg, done, 0);
+		}
 	}
 }
 

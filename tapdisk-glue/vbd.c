@@ -305,7 +305,7 @@ int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms)
 {
 	uint64_t end = sched_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 
-	while (!list_empty(&vbd->inflight)) {
+	while (!list_empty(&vbd->inflight) || vbd->behind) {
 		if (sched_now_ns() >= end)
 			return -ETIMEDOUT;
 		td_aio_poll(100);
@@ -316,7 +316,7 @@ int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms)
 void tapdisk_vbd_close(td_vbd_t *vbd)
 {
 	fail_held(vbd, -ESHUTDOWN);
-	if (!list_empty(&vbd->inflight) && tapdisk_vbd_drain(vbd, 30000) < 0) {
+	if ((!list_empty(&vbd->inflight) || vbd->behind) && tapdisk_vbd_drain(vbd, 30000) < 0) {
 		EPRINTF("close: minor %d: requests still in flight after 30 s; leaving %s open",
 			vbd->minor, vbd->params ? vbd->params : "");
 		return;
@@ -402,10 +402,17 @@ static void call_waiters(td_vbd_t *vbd)
 
 static void check_quiesced(td_vbd_t *vbd)
 {
-	if (vbd->state != VBD_PAUSING || !list_empty(&vbd->inflight))
+	if (vbd->state != VBD_PAUSING || !list_empty(&vbd->inflight) || vbd->behind)
 		return;
 	vbd->state = VBD_PAUSED;
 	call_waiters(vbd);
+}
+
+void tapdisk_vbd_behind(td_vbd_t *vbd, int delta)
+{
+	vbd->behind += (unsigned)delta;
+	if (!vbd->behind)
+		check_quiesced(vbd);
 }
 
 /* Account a finished request and call its client back. */

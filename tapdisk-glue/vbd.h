@@ -69,6 +69,7 @@ struct td_vbd_handle {
 	int flush_gate;          /* closed: flushes wait (renew's directory sync) */
 	td_vbd_request_t *gated; /* the flushes waiting, oldest first */
 	int flush_err;           /* what the next flush (or the gated ones) must report */
+	unsigned behind;         /* writes acked and still landing (write-behind) */
 	void *nbd;               /* the NBD export of this vbd, if any */
 	int nbd_conns;           /* connections open on the export (it counts them) */
 	struct list_head entry;  /* all vbds of the daemon */
@@ -103,6 +104,9 @@ int tapdisk_vbd_release(td_vbd_t *vbd, const char *params, char *err, size_t err
 /* Run the aio queue until nothing of the vbd is in flight (at most
  * `timeout_ms`); for callers outside the event loop. 0 or -ETIMEDOUT. */
 int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms);
+/* A driver's write went behind its ack (+1) or landed (-1): pause, drain
+ * and close wait for it as for a request in flight. */
+void tapdisk_vbd_behind(td_vbd_t *vbd, int delta);
 td_vbd_t *tapdisk_vbd_find(int minor);
 struct list_head *tapdisk_vbd_list(void);
 const char *tapdisk_vbd_state_name(const td_vbd_t *vbd);
