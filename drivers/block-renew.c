@@ -48,13 +48,15 @@ static void full_set(struct renew_state *s, uint32_t blk)
 	if (!full_test(s, blk)) {
 		s->full[blk >> 3] |= (uint8_t)(1u << (blk & 7));
 		s->full_blocks++;
+		/* its data may have been checked for holes while it filled up */
+		s->solid[blk >> 2] &= (uint8_t)~(3u << ((blk & 3) * 2));
 	}
 }
 
-/* Is the block's data in the file without holes, so that overwriting it
- * never allocates? Asked of the filesystem once per block and open: a
- * write that could need space (a copy made sparse, say) must not go
- * behind its ack, or a full disk could fail it after the ack. */
+/* Is a full block's data in the file without holes, so that overwriting
+ * it never allocates? Asked of the filesystem once per full block and
+ * open: a write that could need space (into a copy made sparse, say) must
+ * not go behind its ack, or a full disk could fail it after the ack. */
 static int block_solid(struct renew_state *s, uint32_t blk)
 {
 	uint8_t bits = (uint8_t)(s->solid[blk >> 2] >> ((blk & 3) * 2));
@@ -532,8 +534,8 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 		td_complete_request(p, err);
 		return;
 	}
-	/* nothing to record once it lands: it may go behind its ack */
-	if (present && !s->copy && s->wb.enabled && block_solid(s, blk) &&
+	/* a full block records nothing once it lands: it may go behind its ack */
+	if (present && full_test(s, blk) && !s->copy && s->wb.enabled && block_solid(s, blk) &&
 	    td_wb_write(&s->wb, s->drv, s->dfd, p, sector_off(s, blk, p.sec)) == 1)
 		return;
 	io = io_get(s, p);

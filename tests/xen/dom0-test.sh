@@ -157,8 +157,12 @@ run_disk() {
 			pass "$what"
 		fi
 	done
-	wait_files "$vdev" 5
+	# 25 files: the guest rewrites its 6 MiB file at least twice, the
+	# second time into full blocks of the fresh overlay
+	wait_files "$vdev" 25
 	say "stats: $(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | cut -c1-300)"
+	wb=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | grep -o '"write_behind_writes":[0-9]*' | head -n 1)
+	check "$name: guest rewrites acknowledged behind their landing: $wb" [ "${wb#*:}" -gt 0 ]
 	# the guest reads "stop" on its console (the pty xenconsoled made for it)
 	echo stop >"$(xenstore-read /local/domain/$domid/console/tty)"
 	if wait_for 900 con_has "GUEST-VERIFY-.* $vdev\|GUEST-VERIFY-FAIL $vdev"; then
