@@ -245,6 +245,11 @@ int main(int argc, char **argv)
 
 	if (env && set_poll_max("RENEW_POLL_MAX_US", env) < 0)
 		return 2;
+	env = getenv("RENEW_WRITE_BEHIND");
+	if (env && strcmp(env, "0") && strcmp(env, "1")) {
+		fprintf(stderr, "tapdisk-renew: RENEW_WRITE_BEHIND=%s: want 0 (off) or 1 (on)\n", env);
+		return 2;
+	}
 	while ((c = getopt_long(argc, argv, "Dh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'D': daemonize = 1; break;

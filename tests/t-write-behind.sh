@@ -118,3 +118,7 @@ expect write_behind false
 expect write_behind_writes 0
 unserve
 ok "RENEW_WRITE_BEHIND=0: writes are acked when they land"
+
+run_rc 2 "RENEW_WRITE_BEHIND=2" env RENEW_WRITE_BEHIND=2 "$BIN/tapdisk-renew" --serve "renew:$T/ov.vhd" --socket "$T/x.sock"
+grep -q "RENEW_WRITE_BEHIND=2: want 0 (off) or 1 (on)" "$T/out" || { cat "$T/out"; fail "RENEW_WRITE_BEHIND=2: message"; }
+ok "RENEW_WRITE_BEHIND=2 is refused: $(cat "$T/out")"

@@ -111,7 +111,8 @@ verify_offline() {
 	rm -rf "$out" "$D/$1.files"
 }
 
-# run_disk NAME VDEV DEVID SPEC IMAGE: attach, renew three times under the
+# run_disk NAME VDEV DEVID SPEC IMAGE (POLL: the daemon's polling maximum
+# expected): attach, renew three times under the
 # guest's writes, stop the guest, detach, check.
 run_disk() {
 	local name=$1 vdev=$2 devid=$3 spec=$4 img=$5 out line pid minor k f0 f1 rate
@@ -135,6 +136,9 @@ run_disk() {
 	queues=$(ls -d /sys/block/${dev#/dev/}/mq/* 2>/dev/null | wc -l)
 	check "$name: $dev uses one connection: the daemon counts $conns, the device has $queues queues" \
 		test "$conns" = 1 -a "$queues" = 1
+	local poll
+	poll=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | sed -n 's/.*"loop_poll_max_us":\([0-9]*\).*/\1/p')
+	check "$name: the daemon polls up to $poll us (want $POLL)" test "$poll" = "$POLL"
 	if ! wait_for 600 con_has "GUEST: $vdev writing"; then
 		fail "$name: the guest did not start writing on $vdev"; tail -n 20 "$CON"
 		timeout 60 xl block-detach g1 "$vdev"
@@ -228,8 +232,11 @@ if [ -n "$ko" ] && [ ! -e /sys/module/nbd ] && mount --bind /dev/null "$ko"; the
 else
 	fail "cannot hide the nbd module for the no-nbd case (ko=$ko)"
 fi
-rm -f $D/nonbd.vhd $D/plain.raw
 modprobe nbd nbds_max=16
+renew-img snapshot $D/plain.raw $D/bad.vhd >/dev/null
+echo "RENEW_CONNECTIONS=two" >/etc/default/renew
+must_fail "block-renew, a bad /etc/default/renew" xvdd 51760 "vdev=xvdd,access=rw,script=block-renew,target=$D/bad.vhd" "RENEW_CONNECTIONS=two is not a number"
+rm -f /etc/default/renew $D/nonbd.vhd $D/bad.vhd $D/plain.raw
 
 # gone_after_renew: wait (up to 5 min) for the daemon to go, then nothing_left.
 gone_after_renew() { wait_for 300 sh -c "! pgrep -x tapdisk-renew"; nothing_left 51760; }
@@ -265,8 +272,11 @@ rm -f $D/c.vhd $D/c-base.raw $D/c.data
 truncate -s 256M $D/a-base.raw $D/b-base.raw
 renew-img snapshot $D/a-base.raw $D/a.vhd >/dev/null
 renew-img snapshot $D/b-base.raw $D/b.vhd >/dev/null
-run_disk "block-tap" xvdb 51728 "vdev=xvdb,access=rw,script=block-tap,target=renew:$D/a.vhd" $D/a.vhd
-run_disk "block-renew" xvdc 51744 "vdev=xvdc,access=rw,script=block-renew,target=$D/b.vhd" $D/b.vhd
+POLL=512 run_disk "block-tap" xvdb 51728 "vdev=xvdb,access=rw,script=block-tap,target=renew:$D/a.vhd" $D/a.vhd
+# block-renew reads the admin's settings for the daemons it starts
+echo "RENEW_POLL_MAX_US=256" >/etc/default/renew
+POLL=256 run_disk "block-renew" xvdc 51744 "vdev=xvdc,access=rw,script=block-renew,target=$D/b.vhd" $D/b.vhd
+rm -f /etc/default/renew
 
 if wait_for 300 sh -c "! xl domid g1"; then
 	pass "guest g1 powered off"
