@@ -15,10 +15,10 @@
  * Unwritten sectors of a new block stay holes in the file and are never
  * read (their bitmap bits are clear): there is no zero-fill.
  *
- * A write whose sectors the block already records needs nothing once it
- * lands, so it may go behind its ack (write-behind.c); every read or write
- * of an allocated block first waits for a landing write it overlaps, and
- * a flush waits for them all.
+ * A write into a full block needs nothing once it lands, so it may go
+ * behind its ack (write-behind.c); every read or write of an allocated
+ * block first waits for a landing write it overlaps, and a flush waits
+ * for them all.
  */
 #include <errno.h>
 #include <fcntl.h>
