@@ -119,6 +119,22 @@ expect write_behind_writes 0
 unserve
 ok "RENEW_WRITE_BEHIND=0: writes are acked when they land"
 
+# on a filesystem not known to overwrite in place (ramfs here), no write
+# goes behind its ack
+mkdir "$T/ramfs"
+mount -t ramfs ramfs "$T/ramfs" || fail "mount ramfs"
+cp "$T/base.raw" "$T/ov.vhd" "$T/ramfs/"
+serve "renew:$T/ramfs/ov.vhd" "$T/s.sock"
+qio "$T/s.sock" "write -P 0xf1 1M 4k" "write -P 0xf2 1M 4k" "read -P 0xf2 1M 4k" >/dev/null ||
+	fail "writes on ramfs"
+"$BIN/tap-ctl-renew" stats -p "$SPID" -m 0 >"$T/stats" || fail stats
+python3 -c 'import json,sys; i=json.load(open(sys.argv[1]))["images"][0]; sys.exit(i["write_behind"] or i["write_behind_writes"])' \
+	"$T/stats" || fail "write-behind on ramfs: $(tr -d ' \n' <"$T/stats")"
+unserve
+grep -q "write-behind: $T/ramfs/ov.vhd: off (filesystem 0x858458f6 may allocate on overwrite)" "$T/tapdisk.log" ||
+	{ tail -5 "$T/tapdisk.log"; fail "the log does not say why write-behind is off"; }
+ok "on ramfs, writes are acked when they land (the log says why)"
+
 run_rc 2 "RENEW_WRITE_BEHIND=2" env RENEW_WRITE_BEHIND=2 "$BIN/tapdisk-renew" --serve "renew:$T/ov.vhd" --socket "$T/x.sock"
 grep -q "RENEW_WRITE_BEHIND=2: want 0 (off) or 1 (on)" "$T/out" || { cat "$T/out"; fail "RENEW_WRITE_BEHIND=2: message"; }
 ok "RENEW_WRITE_BEHIND=2 is refused: $(cat "$T/out")"
