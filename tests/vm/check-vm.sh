@@ -142,7 +142,7 @@ for k in 1 2 3; do
 		pass "$what"
 	fi
 done
-# 25 files: the guest rewrites its 6 MiB file in place at least twice, and
+# 25 files: the guest rewrites its 8 MiB file in place at least twice, and
 # the second time its blocks of the fresh overlay are full
 want=$(($(files) + 25)); n=300
 while [ "$(files)" -lt $want ] && [ $n -gt 0 ]; do sleep 1; n=$((n - 1)); done

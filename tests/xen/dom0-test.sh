@@ -161,7 +161,7 @@ run_disk() {
 			pass "$what"
 		fi
 	done
-	# 25 files: the guest rewrites its 6 MiB file at least twice, the
+	# 25 files: the guest rewrites its 8 MiB file at least twice, the
 	# second time into full blocks of the fresh overlay
 	wait_files "$vdev" 25
 	say "stats: $(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | cut -c1-300)"
