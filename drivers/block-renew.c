@@ -60,12 +60,13 @@ static void full_set(struct renew_state *s, uint32_t blk)
 static int block_solid(struct renew_state *s, uint32_t blk)
 {
 	uint8_t bits = (uint8_t)(s->solid[blk >> 2] >> ((blk & 3) * 2));
-	uint64_t off = vhd_block_data_off(&s->vhd, blk);
-	uint64_t end = off + ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
+	uint64_t off, end;
 	off_t hole;
 
 	if (bits & 1)
 		return (bits >> 1) & 1;
+	off = vhd_block_data_off(&s->vhd, blk);
+	end = off + ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
 	hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
 	bits = (uint8_t)(1 | (hole >= 0 && (uint64_t)hole >= end ? 2 : 0));
 	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
@@ -234,24 +235,22 @@ static void retry_piece(void *arg, int err)
 /* Park the piece while a write to its bytes is still landing; 1 if parked. */
 static int wait_landing(struct renew_state *s, td_request_t p, uint32_t blk)
 {
+	uint64_t off = sector_off(s, blk, p.sec), len = (uint64_t)p.secs << VHD_SECTOR_SHIFT;
 	struct renew_io *io;
-	int r;
+	int err;
 
-	if (!s->wb.head)
+	if (!td_wb_landing(&s->wb, off, len))
 		return 0;
 	io = io_get(s, p);
-	if (!io) {
-		td_complete_request(p, -ENOMEM);
-		return 1;
+	if (io)
+		io->blk = blk;
+	err = io ? td_wb_wait(&s->wb, off, len, retry_piece, io) : -ENOMEM;
+	if (err) {
+		if (io)
+			io_put(s, io);
+		td_complete_request(p, err);
 	}
-	io->blk = blk;
-	r = td_wb_wait(&s->wb, sector_off(s, blk, p.sec), (uint64_t)p.secs << VHD_SECTOR_SHIFT,
-		       retry_piece, io);
-	if (r <= 0)
-		io_put(s, io);
-	if (r < 0)
-		td_complete_request(p, r);
-	return r != 0;
+	return 1;
 }
 
 /* One block's part of a read: overlay runs and parent runs by the bitmap. */

@@ -301,11 +301,17 @@ static void fail_held(td_vbd_t *vbd, int err)
 	}
 }
 
+/* Requests in flight, or writes acked and still landing? */
+static int vbd_busy(const td_vbd_t *vbd)
+{
+	return !list_empty(&vbd->inflight) || vbd->behind;
+}
+
 int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms)
 {
 	uint64_t end = sched_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 
-	while (!list_empty(&vbd->inflight) || vbd->behind) {
+	while (vbd_busy(vbd)) {
 		if (sched_now_ns() >= end)
 			return -ETIMEDOUT;
 		td_aio_poll(100);
@@ -316,7 +322,7 @@ int tapdisk_vbd_drain(td_vbd_t *vbd, int timeout_ms)
 void tapdisk_vbd_close(td_vbd_t *vbd)
 {
 	fail_held(vbd, -ESHUTDOWN);
-	if ((!list_empty(&vbd->inflight) || vbd->behind) && tapdisk_vbd_drain(vbd, 30000) < 0) {
+	if (vbd_busy(vbd) && tapdisk_vbd_drain(vbd, 30000) < 0) {
 		EPRINTF("close: minor %d: requests still in flight after 30 s; leaving %s open",
 			vbd->minor, vbd->params ? vbd->params : "");
 		return;
@@ -402,7 +408,7 @@ static void call_waiters(td_vbd_t *vbd)
 
 static void check_quiesced(td_vbd_t *vbd)
 {
-	if (vbd->state != VBD_PAUSING || !list_empty(&vbd->inflight) || vbd->behind)
+	if (vbd->state != VBD_PAUSING || vbd_busy(vbd))
 		return;
 	vbd->state = VBD_PAUSED;
 	call_waiters(vbd);

@@ -98,12 +98,13 @@ static void windows_add(struct td_wb *wb, uint64_t off, uint64_t len, int delta)
 		wb->windows[window_bucket(win)] += (uint16_t)delta;
 }
 
-/* Is any write overlapping [off, off + len) still landing? The filter
- * answers most lookups; the list is walked only on a bucket hit. */
-static int landing(const struct td_wb *wb, uint64_t off, uint64_t len)
+/* The filter answers most lookups; the list is walked only on a bucket hit. */
+int td_wb_landing(const struct td_wb *wb, uint64_t off, uint64_t len)
 {
 	uint64_t win, last = (off + len - 1) >> WINDOW_SHIFT;
 
+	if (!wb->head)
+		return 0;
 	for (win = off >> WINDOW_SHIFT; win <= last; win++)
 		if (wb->windows[window_bucket(win)])
 			break;
@@ -134,15 +135,11 @@ static int park(struct wb_waiter **head, struct wb_waiter **tail, uint64_t off, 
 
 int td_wb_wait(struct td_wb *wb, uint64_t off, uint64_t len, td_wb_cb_t cb, void *arg)
 {
-	int err;
+	int err = park(&wb->waiters, &wb->waiters_tail, off, len, 0, cb, arg);
 
-	if (!wb->head || !landing(wb, off, len))
-		return 0;
-	err = park(&wb->waiters, &wb->waiters_tail, off, len, 0, cb, arg);
-	if (err)
-		return err;
-	wb->stats.waits++;
-	return 1;
+	if (!err)
+		wb->stats.waits++;
+	return err;
 }
 
 /* Run the waiters nothing blocks any more, in the order they came. Those
@@ -156,7 +153,7 @@ static void release_waiters(struct td_wb *wb)
 		struct wb_waiter *next = q->next;
 
 		q->next = NULL;
-		if (landing(wb, q->off, q->len)) {
+		if (td_wb_landing(wb, q->off, q->len)) {
 			if (keep_tail)
 				keep_tail->next = q;
 			else
@@ -244,6 +241,7 @@ static void wb_put(struct td_wb *wb, struct wb_write *w)
 static struct wb_write *wb_get(struct td_wb *wb, size_t len)
 {
 	struct wb_write *w = wb->pool;
+	size_t cap = (len + 4095) & ~(size_t)4095;
 	void *buf;
 
 	if (w && w->cap >= len) {
@@ -252,12 +250,12 @@ static struct wb_write *wb_get(struct td_wb *wb, size_t len)
 		return w;
 	}
 	w = calloc(1, sizeof(*w));
-	if (!w || posix_memalign(&buf, 4096, (len + 4095) & ~(size_t)4095)) {
+	if (!w || posix_memalign(&buf, 4096, cap)) {
 		free(w);
 		return NULL;
 	}
 	w->buf = buf;
-	w->cap = (len + 4095) & ~(size_t)4095;
+	w->cap = cap;
 	return w;
 }
 
@@ -355,7 +353,8 @@ int td_wb_write(struct td_wb *wb, td_driver_t *drv, int fd, td_request_t treq, u
 	return 1;
 }
 
-void td_wb_drain(struct td_wb *wb)
+/* Wait here until nothing is landing (close). */
+static void wb_drain(struct td_wb *wb)
 {
 	while (wb->head) {
 		struct wb_write *w = wb->head;
@@ -372,7 +371,7 @@ void td_wb_drain(struct td_wb *wb)
 
 void td_wb_fini(struct td_wb *wb)
 {
-	td_wb_drain(wb);
+	wb_drain(wb);
 	while (wb->pool) {
 		struct wb_write *w = wb->pool;
 

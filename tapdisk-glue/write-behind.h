@@ -49,22 +49,22 @@ typedef void (*td_wb_cb_t)(void *arg, int err);
 void td_wb_init(struct td_wb *wb, int fd, const char *path);
 
 /* Overwrite [off, off + len) of `fd` with the piece's data behind its ack.
- * The caller has checked td_wb_wait first and knows that, once the data
+ * The caller has checked td_wb_landing first and knows that, once the data
  * lands, nothing more is needed for the write to be whole (no bitmap,
  * no BAT). Returns 1 when taken (the piece completes when submitted), 0
- * when the caller must write it itself, or a negative errno. */
+ * when the caller must write it itself. */
 int td_wb_write(struct td_wb *wb, td_driver_t *drv, int fd, td_request_t treq, uint64_t off);
 
-/* Does [off, off + len) overlap a write still landing? Then `cb(arg, 0)`
- * runs once it has landed and 1 is returned; 0 means go ahead now. */
+/* Does [off, off + len) overlap a write still landing? */
+int td_wb_landing(const struct td_wb *wb, uint64_t off, uint64_t len);
+
+/* `cb(arg, 0)` once no write overlapping [off, off + len) is landing (the
+ * caller found one with td_wb_landing); 0, or -ENOMEM. */
 int td_wb_wait(struct td_wb *wb, uint64_t off, uint64_t len, td_wb_cb_t cb, void *arg);
 
 /* `cb(arg, err)` once every write taken so far has landed; err reports a
  * write that failed after its ack (once). */
 void td_wb_barrier(struct td_wb *wb, td_wb_cb_t cb, void *arg);
-
-/* Wait here until nothing is landing (close). */
-void td_wb_drain(struct td_wb *wb);
 
 /* Drain, then forget the image (close). */
 void td_wb_fini(struct td_wb *wb);
