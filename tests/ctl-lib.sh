@@ -13,8 +13,6 @@ gone() {
 lsrun() { ls -A "$RENEW_RUNDIR" | grep -v '^\.create\.lock$' || true; }
 # field NAME LINE: the value of NAME=... in a tap-ctl list line.
 field() { echo "$2" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-# json_get FILE EXPR: evaluate a python expression on the JSON in FILE (as j).
-json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 # expect_usage DESCRIPTION PATTERN CMD...: a usage error: exit 2, a message
 # matching PATTERN and the usage text.
 expect_usage() {

@@ -94,13 +94,17 @@ unserve() {
 }
 # export_to SOCK FILE: the whole export copied into FILE.
 export_to() { nbdcopy "$(nbd_uri "$1")" "$2" || fail "nbdcopy from $1"; }
-# qio SOCK CMD...: qemu-io on an NBD socket, one -c per CMD.
+# qio SOCK CMD...: qemu-io on an NBD socket, one -c per CMD. qemu-io writes
+# through by default (a flush after every write); QIO_CACHE=writeback
+# makes it behave as a guest with a write cache.
 qio() {
 	local sock=$1 a=()
 	shift
 	for c in "$@"; do a+=(-c "$c"); done
-	qemu-io -f raw "$(nbd_uri "$sock")" "${a[@]}"
+	qemu-io -t "${QIO_CACHE:-writethrough}" -f raw "$(nbd_uri "$sock")" "${a[@]}"
 }
+# json_get FILE EXPR: evaluate a python expression on the JSON in FILE (as j).
+json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"; }
 # randfile FILE MIB: random bytes.
 randfile() { head -c "$(( $2 << 20 ))" /dev/urandom >"$1"; }
 # fio keeps no verify state files (it would drop them in the working tree)

@@ -30,6 +30,8 @@ con_has() { grep -aq "$1" "$CON" 2>/dev/null; }
 files() { sed -n "s/^GUEST: $1 files \([0-9]*\).*/\1/p" "$CON" | tail -n 1 | grep . || echo 0; }
 wait_files() { local want=$(($(files "$1") + $2)) end=$((SECONDS + 600)); while [ "$(files "$1")" -lt $want ] && [ $SECONDS -lt $end ]; do sleep 1; done; }
 backend() { echo "/local/domain/0/backend/vbd/$domid/$1"; }
+# stat_of PID MINOR KEY: one number (or word) from the disk's stats
+stat_of() { tap-ctl-renew stats -p "$1" -m "$2" | tr -d ' \n' | sed -n "s/.*\"$3\":\([0-9a-z]*\).*/\1/p"; }
 
 # nothing_left DEVID: no daemon, no connected nbd device, no xenstore backend.
 nothing_left() {
@@ -132,12 +134,12 @@ run_disk() {
 	fi
 	# tap-ctl create connects the device with one connection (see NBD_DEFAULT_CONNECTIONS)
 	local conns queues
-	conns=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | sed -n 's/.*"nbd_connections":\([0-9]*\).*/\1/p')
+	conns=$(stat_of "$pid" "$minor" nbd_connections)
 	queues=$(ls -d /sys/block/${dev#/dev/}/mq/* 2>/dev/null | wc -l)
 	check "$name: $dev uses one connection: the daemon counts $conns, the device has $queues queues" \
 		test "$conns" = 1 -a "$queues" = 1
 	local poll
-	poll=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | sed -n 's/.*"loop_poll_max_us":\([0-9]*\).*/\1/p')
+	poll=$(stat_of "$pid" "$minor" loop_poll_max_us)
 	check "$name: the daemon polls up to $poll us (want $POLL)" test "$poll" = "$POLL"
 	if ! wait_for 600 con_has "GUEST: $vdev writing"; then
 		fail "$name: the guest did not start writing on $vdev"; tail -n 20 "$CON"
@@ -165,8 +167,8 @@ run_disk() {
 	# second time into full blocks of the fresh overlay
 	wait_files "$vdev" 25
 	say "stats: $(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | cut -c1-300)"
-	wb=$(tap-ctl-renew stats -p "$pid" -m "$minor" | tr -d ' \n' | grep -o '"write_behind_writes":[0-9]*' | head -n 1)
-	check "$name: guest rewrites acknowledged behind their landing: $wb" [ "${wb#*:}" -gt 0 ]
+	wb=$(stat_of "$pid" "$minor" write_behind_writes)
+	check "$name: guest rewrites acknowledged behind their landing: $wb" [ "${wb:-0}" -gt 0 ]
 	# the guest reads "stop" on its console (the pty xenconsoled made for it)
 	echo stop >"$(xenstore-read /local/domain/$domid/console/tty)"
 	if wait_for 900 con_has "GUEST-VERIFY-.* $vdev\|GUEST-VERIFY-FAIL $vdev"; then
