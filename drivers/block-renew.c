@@ -15,10 +15,10 @@
  * Unwritten sectors of a new block stay holes in the file and are never
  * read (their bitmap bits are clear): there is no zero-fill.
  *
- * A write into a full block needs nothing once it lands, so it may go
- * behind its ack (write-behind.c); every read or write of an allocated
- * block first waits for a landing write it overlaps, and a flush waits
- * for them all.
+ * A write into sectors the overlay already holds needs nothing once it
+ * lands (no bitmap, no BAT), so it may go behind its ack (write-behind.c);
+ * every read or write of an allocated block first waits for a landing
+ * write it overlaps, and a flush waits for them all.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -48,15 +48,14 @@ static void full_set(struct renew_state *s, uint32_t blk)
 	if (!full_test(s, blk)) {
 		s->full[blk >> 3] |= (uint8_t)(1u << (blk & 7));
 		s->full_blocks++;
-		/* its data may have been checked for holes while it filled up */
-		s->solid[blk >> 2] &= (uint8_t)~(3u << ((blk & 3) * 2));
 	}
 }
 
-/* Is a full block's data in the file without holes, so that overwriting
- * it never allocates? Asked of the filesystem once per full block and
- * open: a write that could need space (into a copy made sparse, say) must
- * not go behind its ack, or a full disk could fail it after the ack. */
+/* Are the sectors a block holds in the file without holes, so that
+ * overwriting them never allocates? A write that could need space (into a
+ * copy made sparse, say) must not go behind its ack, or a full disk could
+ * fail it after the ack. A full block is asked about once per open; a
+ * block allocated in this open is solid by construction (solid_set). */
 static int block_solid(struct renew_state *s, uint32_t blk)
 {
 	uint8_t bits = (uint8_t)(s->solid[blk >> 2] >> ((blk & 3) * 2));
@@ -71,6 +70,13 @@ static int block_solid(struct renew_state *s, uint32_t blk)
 	bits = (uint8_t)(1 | (hole >= 0 && (uint64_t)hole >= end ? 2 : 0));
 	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
 	return bits >> 1;
+}
+
+/* Every sector a block holds was written here, through the data
+ * descriptor: nothing it holds is a hole, now or as it fills up. */
+static void solid_set(struct renew_state *s, uint32_t blk)
+{
+	s->solid[blk >> 2] |= (uint8_t)(3u << ((blk & 3) * 2));
 }
 
 /* Grow the pool by one chunk: requests in flight are bounded by clients. */
@@ -416,6 +422,7 @@ static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request
 		return err;
 	}
 	s->blocks_allocated++;
+	solid_set(s, a->blk);
 	note_bitmap(s, a->blk, bm);
 	return 0;
 }
@@ -494,6 +501,22 @@ static void write_wait(struct renew_state *s, struct renew_alloc *a, td_request_
 	*tail = io;
 }
 
+/* Is a piece the overlay holds in the file without holes? In a partial
+ * block from an earlier open, set bits say only that the sectors were
+ * written (a sparse copy turns written zeros into holes), so the piece's
+ * range is asked each time. */
+static int piece_solid(struct renew_state *s, uint32_t blk, td_request_t p)
+{
+	uint64_t off;
+	off_t hole;
+
+	if (full_test(s, blk) || (s->solid[blk >> 2] >> ((blk & 3) * 2)) & 1)
+		return block_solid(s, blk);
+	off = sector_off(s, blk, p.sec);
+	hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
+	return hole >= 0 && (uint64_t)hole >= off + ((uint64_t)p.secs << VHD_SECTOR_SHIFT);
+}
+
 /* Does the block already record every sector of the piece? */
 static int bits_present(struct renew_state *s, uint32_t blk, td_request_t p, int *err)
 {
@@ -533,8 +556,9 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 		td_complete_request(p, err);
 		return;
 	}
-	/* a full block records nothing once it lands: it may go behind its ack */
-	if (present && full_test(s, blk) && !s->copy && s->wb.enabled && block_solid(s, blk) &&
+	/* sectors the overlay holds record nothing when rewritten: the write
+	 * may go behind its ack */
+	if (present && !s->copy && s->wb.enabled && piece_solid(s, blk, p) &&
 	    td_wb_write(&s->wb, s->drv, s->dfd, p, sector_off(s, blk, p.sec)) == 1)
 		return;
 	io = io_get(s, p);

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Write-behind: an overwrite of a full block is acknowledged once the kernel
-# has it. A landing held back (fault "delay") must hold back what overlaps
+# Write-behind: an overwrite of sectors the overlay holds is acknowledged
+# once the kernel has it. A landing held back (fault "delay") must hold back what overlaps
 # it: a read waits and sees the new data, a second write waits and lands
 # last, a flush waits. A write failing after its ack fails the next flush.
 # A kill -9 right after the acks loses nothing. RENEW_WRITE_BEHIND=0 turns
@@ -11,9 +11,10 @@ randfile "$T/base.raw" 8
 img snapshot "$T/base.raw" "$T/ov.vhd" >/dev/null || fail snapshot
 # qemu-io as a guest with a write cache: no flush after each write
 export QIO_CACHE=writeback
-# blocks 0 and 1 full: their overwrites need no bitmap and may go behind
+# blocks 0 and 1 full, block 2 half: overwrites of what they hold need no
+# bitmap and may go behind
 serve "renew:$T/ov.vhd" "$T/s.sock"
-qio "$T/s.sock" "write -P 1 0 4M" >/dev/null || fail "fill two blocks"
+qio "$T/s.sock" "write -P 1 0 5M" >/dev/null || fail "fill two blocks and a half"
 unserve
 
 # wb_stat KEY: one write-behind figure of the overlay, from the daemon's stats
@@ -75,9 +76,33 @@ expect write_behind_writes 1
 unserve
 ok "a write failing after its ack fails the next flush, then writes are acked on landing"
 
-# kill -9 right after many acked overwrites (no flush): all of them are there
+# a partial block: sectors it holds are rewritten behind the ack, in a
+# block allocated in this open or an earlier one; a write reaching
+# sectors it does not hold yet is acknowledged once it lands and recorded
+serve "renew:$T/ov.vhd" "$T/s.sock"
+qio "$T/s.sock" "write -P 0x61 6M 64k" "write -P 0x62 6M 4k" >/dev/null || fail "block 3 writes"
+expect write_behind_writes 1
+qio "$T/s.sock" "write -P 0x63 $((6 * 1048576 + 60 * 1024)) 8k" >/dev/null || fail "block 3 half-held write"
+expect write_behind_writes 1
+qio "$T/s.sock" "write -P 0x64 4M 4k" "write -P 0x65 $((5 * 1048576 - 4096)) 4k" >/dev/null ||
+	fail "block 2 writes"
+expect write_behind_writes 3
+unserve
+serve "renew:$T/ov.vhd" "$T/s.sock"
+qio "$T/s.sock" "read -P 0x62 6M 4k" "read -P 0x61 $((6 * 1048576 + 4096)) 56k" \
+	"read -P 0x63 $((6 * 1048576 + 60 * 1024)) 8k" \
+	"read -P 0x64 4M 4k" "read -P 0x65 $((5 * 1048576 - 4096)) 4k" >"$T/qio" 2>&1 ||
+	{ cat "$T/qio"; fail "partial blocks read back"; }
+cmp -n 4096 <(dd if="$T/base.raw" bs=4096 skip=$((5 * 256)) count=1 2>/dev/null) \
+	<(nbdcopy "nbd+unix:///?socket=$T/s.sock" - 2>/dev/null | dd bs=4096 skip=$((5 * 256)) count=1 2>/dev/null) ||
+	fail "a sector block 2 does not hold does not read the base"
+unserve
+ok "sectors a partial block holds are rewritten behind the ack; new ones are recorded when they land"
+
+# kill -9 right after many acked overwrites (no flush): all of them are
+# there, in full blocks and in a partial one
 cmds=() reads=()
-for i in $(seq 0 255); do
+for i in $(seq 0 319); do
 	cmds+=("aio_write -P $((i % 200 + 2)) $((i * 16384)) 4k")
 	reads+=("read -P $((i % 200 + 2)) $((i * 16384)) 4k")
 done
@@ -89,21 +114,25 @@ serve "renew:$T/ov.vhd" "$T/s.sock"
 qio "$T/s.sock" "${reads[@]}" >"$T/qio" 2>&1 || { grep -m3 -i fail "$T/qio"; fail "acked writes lost to kill -9"; }
 unserve
 img check "$T/ov.vhd" >/dev/null || fail "check after kill -9"
-ok "256 acked overwrites survive a kill -9 right after their acks"
+ok "320 acked overwrites survive a kill -9 right after their acks"
 
 # a block whose data has holes in the file (zeros, copied sparse) could
 # need space when overwritten: its writes are acked when they land
 serve "renew:$T/ov.vhd" "$T/s.sock"
-qio "$T/s.sock" "write -P 0 2M 2M" >/dev/null || fail "zero block 1"
+qio "$T/s.sock" "write -P 0 2M 2M" "write -P 0 4M 64k" >/dev/null || fail "zero block 1 and part of block 2"
 unserve
 cp --sparse=always "$T/ov.vhd" "$T/sparse.vhd" && mv "$T/sparse.vhd" "$T/ov.vhd" || fail "sparse copy"
 serve "renew:$T/ov.vhd" "$T/s.sock"
 qio "$T/s.sock" "write -P 0xe1 3M 4k" "read -P 0xe1 3M 4k" >/dev/null || fail "write into the sparse block"
+qio "$T/s.sock" "write -P 0xe3 $((4 * 1048576 + 8192)) 4k" "read -P 0xe3 $((4 * 1048576 + 8192)) 4k" \
+	>/dev/null || fail "write into a hole of a partial block"
 expect write_behind_writes 0
 qio "$T/s.sock" "write -P 0xe2 1M 4k" "read -P 0xe2 1M 4k" >/dev/null || fail "write into a solid block"
-expect write_behind_writes 1
+qio "$T/s.sock" "write -P 0xe4 $((4 * 1048576 + 524288)) 4k" "read -P 0xe4 $((4 * 1048576 + 524288)) 4k" \
+	>/dev/null || fail "write into solid sectors of a partial block"
+expect write_behind_writes 2
 unserve
-ok "a block with holes in the file is written through; a solid one goes behind"
+ok "sectors with holes in the file are written through, full block or partial; solid ones go behind"
 
 RENEW_WRITE_BEHIND=0 serve "renew:$T/ov.vhd" "$T/s.sock"
 qio "$T/s.sock" "write -P 0xd1 0 4k" "read -P 0xd1 0 4k" >/dev/null || fail "write with write-behind off"
