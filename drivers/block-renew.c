@@ -51,6 +51,20 @@ static void full_set(struct renew_state *s, uint32_t blk)
 	}
 }
 
+/* A block's two solid bits: bit 0 answered, bit 1 without holes. */
+static uint8_t solid_bits(const struct renew_state *s, uint32_t blk)
+{
+	return (uint8_t)((s->solid[blk >> 2] >> ((blk & 3) * 2)) & 3);
+}
+
+/* Is [off, off + len) of the data file without a hole? */
+static int range_solid(struct renew_state *s, uint64_t off, uint64_t len)
+{
+	off_t hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
+
+	return hole >= 0 && (uint64_t)hole >= off + len;
+}
+
 /* Are the sectors a block holds in the file without holes, so that
  * overwriting them never allocates? A write that could need space (into a
  * copy made sparse, say) must not go behind its ack, or a full disk could
@@ -58,16 +72,13 @@ static void full_set(struct renew_state *s, uint32_t blk)
  * block allocated in this open is solid by construction (solid_set). */
 static int block_solid(struct renew_state *s, uint32_t blk)
 {
-	uint8_t bits = (uint8_t)(s->solid[blk >> 2] >> ((blk & 3) * 2));
-	uint64_t off, end;
-	off_t hole;
+	uint8_t bits = solid_bits(s, blk);
+	uint64_t off;
 
 	if (bits & 1)
 		return (bits >> 1) & 1;
 	off = vhd_block_data_off(&s->vhd, blk);
-	end = off + ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT);
-	hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
-	bits = (uint8_t)(1 | (hole >= 0 && (uint64_t)hole >= end ? 2 : 0));
+	bits = (uint8_t)(1 | (range_solid(s, off, (uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT) ? 2 : 0));
 	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
 	return bits >> 1;
 }
@@ -248,12 +259,14 @@ static int wait_landing(struct renew_state *s, td_request_t p, uint32_t blk)
 	if (!td_wb_landing(&s->wb, off, len))
 		return 0;
 	io = io_get(s, p);
-	if (io)
-		io->blk = blk;
-	err = io ? td_wb_wait(&s->wb, off, len, retry_piece, io) : -ENOMEM;
+	if (!io) {
+		td_complete_request(p, -ENOMEM);
+		return 1;
+	}
+	io->blk = blk;
+	err = td_wb_wait(&s->wb, off, len, retry_piece, io);
 	if (err) {
-		if (io)
-			io_put(s, io);
+		io_put(s, io);
 		td_complete_request(p, err);
 	}
 	return 1;
@@ -507,14 +520,9 @@ static void write_wait(struct renew_state *s, struct renew_alloc *a, td_request_
  * range is asked each time. */
 static int piece_solid(struct renew_state *s, uint32_t blk, td_request_t p)
 {
-	uint64_t off;
-	off_t hole;
-
-	if (full_test(s, blk) || (s->solid[blk >> 2] >> ((blk & 3) * 2)) & 1)
+	if (full_test(s, blk) || (solid_bits(s, blk) & 1))
 		return block_solid(s, blk);
-	off = sector_off(s, blk, p.sec);
-	hole = lseek(s->dfd, (off_t)off, SEEK_HOLE);
-	return hole >= 0 && (uint64_t)hole >= off + ((uint64_t)p.secs << VHD_SECTOR_SHIFT);
+	return range_solid(s, sector_off(s, blk, p.sec), (uint64_t)p.secs << VHD_SECTOR_SHIFT);
 }
 
 /* Does the block already record every sector of the piece? */
@@ -558,7 +566,8 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	}
 	/* sectors the overlay holds record nothing when rewritten: the write
 	 * may go behind its ack */
-	if (present && !s->copy && s->wb.enabled && piece_solid(s, blk, p) &&
+	if (present && !s->copy && td_wb_room(&s->wb, (size_t)p.secs << VHD_SECTOR_SHIFT) &&
+	    piece_solid(s, blk, p) &&
 	    td_wb_write(&s->wb, s->drv, s->dfd, p, sector_off(s, blk, p.sec)) == 1)
 		return;
 	io = io_get(s, p);

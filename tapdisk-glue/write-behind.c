@@ -317,6 +317,12 @@ static void wb_submitted(void *arg, struct tiocb *t, int err)
 	td_complete_request(w->treq, 0);
 }
 
+int td_wb_room(const struct td_wb *wb, size_t len)
+{
+	return wb->enabled && !wb->broken && len <= WB_MAX_LEN && wb->count < WB_MAX_WRITES &&
+	       wb->bytes + len <= WB_MAX_BYTES;
+}
+
 int td_wb_write(struct td_wb *wb, td_driver_t *drv, int fd, td_request_t treq, uint64_t off)
 {
 	size_t len = (size_t)treq.secs << 9;
@@ -324,8 +330,7 @@ int td_wb_write(struct td_wb *wb, td_driver_t *drv, int fd, td_request_t treq, u
 	char *buf;
 	size_t cap;
 
-	if (!wb->enabled || wb->broken || !treq.vreq || len > WB_MAX_LEN ||
-	    wb->count >= WB_MAX_WRITES || wb->bytes + len > WB_MAX_BYTES)
+	if (!treq.vreq || !td_wb_room(wb, len))
 		return 0;
 	w = wb_get(wb, len);
 	if (!w)

@@ -48,6 +48,10 @@ typedef void (*td_wb_cb_t)(void *arg, int err);
  * RENEW_WRITE_BEHIND=0. `fd` is any descriptor of the file. */
 void td_wb_init(struct td_wb *wb, int fd, const char *path);
 
+/* Could a write of `len` bytes go behind its ack now (on, not broken,
+ * within the bounds)? Cheap: ask it before costlier checks of your own. */
+int td_wb_room(const struct td_wb *wb, size_t len);
+
 /* Overwrite [off, off + len) of `fd` with the piece's data behind its ack.
  * The caller has checked td_wb_landing first and knows that, once the data
  * lands, nothing more is needed for the write to be whole (no bitmap,
