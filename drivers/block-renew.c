@@ -464,6 +464,20 @@ static void write_done(void *arg, struct tiocb *t, int err)
 	td_complete_request(treq, err);
 }
 
+/* Start writing back the new end footer now. Until the filesystem maps
+ * the page, its idea of the size on disk stays below the new block, and
+ * ext4 runs a direct write past that size synchronously, inside
+ * io_submit, under the inode lock: every first write of a block, and
+ * writes into the newest blocks, would stall the loop for a disk write.
+ * Mapping the page moves the size on disk at once; the write itself goes
+ * on in the background, ordered as before. Only a hint: a failure here
+ * changes nothing the image holds. */
+static void footer_writeback(struct renew_state *s)
+{
+	(void)sync_file_range(s->vhd.fd, (off_t)s->vhd.footer_off, VHD_FOOTER_SIZE,
+			      SYNC_FILE_RANGE_WRITE);
+}
+
 /* First write to a block: reserve its place, then write its data there. */
 static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
 {
@@ -489,6 +503,7 @@ static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
 		return;
 	}
 	td_fault("alloc.reserved");
+	footer_writeback(s);
 	a->blk = blk;
 	a->next = s->allocs;
 	s->allocs = a;
