@@ -42,6 +42,11 @@ uint8_t *bm_cache_lookup(struct bm_cache *c, uint32_t blk)
 	return c->entries[slot - 1].bm;
 }
 
+int bm_cache_peek(const struct bm_cache *c, uint32_t blk)
+{
+	return blk < c->nr_blocks && c->slot_of[blk];
+}
+
 /* Second chance: skip recently referenced entries once. */
 static struct bm_entry *bm_cache_victim(struct bm_cache *c)
 {

@@ -32,6 +32,8 @@ int bm_cache_init(struct bm_cache *c, uint32_t nr_blocks, uint32_t nr_entries);
 void bm_cache_free(struct bm_cache *c);
 /* The cached bitmap of `blk`, or NULL. */
 uint8_t *bm_cache_lookup(struct bm_cache *c, uint32_t blk);
+/* Is `blk` cached? (no hit or miss counted, no reference taken) */
+int bm_cache_peek(const struct bm_cache *c, uint32_t blk);
 /* A slot for `blk` (evicting another block's), filled from `bm`. */
 uint8_t *bm_cache_insert(struct bm_cache *c, uint32_t blk, const uint8_t *bm);
 /* Forget `blk` (e.g. it became full). */

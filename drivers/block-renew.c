@@ -5,7 +5,10 @@
  * BAT, bitmaps) goes through lib/vhd's buffered descriptor, whose writes
  * land in the page cache in microseconds and keep the order this driver
  * gives them. A request is split per block: sectors the overlay holds are
- * read from it, the rest are forwarded to the parent.
+ * read from it, the rest are forwarded to the parent. A partial block's
+ * bitmap not in the cache is read through libaio too, while the pieces
+ * that need it wait (the direct read sees the page cache's newer copy,
+ * which the kernel writes back first).
  *
  * Writes to a block that is not allocated yet follow lib/vhd's crash
  * order: reserve (new end footer past the block), data, bitmap, BAT entry;
@@ -272,13 +275,103 @@ static int wait_landing(struct renew_state *s, td_request_t p, uint32_t blk)
 	return 1;
 }
 
+/* ---- bitmap loads ---- */
+
+static struct renew_fetch *fetch_find(struct renew_state *s, uint32_t blk)
+{
+	for (struct renew_fetch *f = s->fetches; f; f = f->next)
+		if (f->blk == blk)
+			return f;
+	return NULL;
+}
+
+/* A bitmap was written: a read of it in flight may return what was there
+ * before, so its result must not reach the cache. */
+static void fetch_stale(struct renew_state *s, uint32_t blk)
+{
+	struct renew_fetch *f = fetch_find(s, blk);
+
+	if (f)
+		f->stale = 1;
+}
+
+/* The bitmap arrived: cache it (unless something newer is there) and run
+ * the waiting pieces again, in the order they came. */
+static void fetch_done(void *arg, struct tiocb *t, int err)
+{
+	struct renew_fetch *f = arg, **pp;
+	struct renew_state *s = f->s;
+	struct renew_io *w = f->waiters;
+
+	(void)t;
+	for (pp = &s->fetches; *pp != f; pp = &(*pp)->next)
+		;
+	*pp = f->next;
+	if (err)
+		EPRINTF("read: %s: bitmap of block %u: %s", s->vhd.path, f->blk, strerror(-err));
+	else if (!f->stale && !bm_cache_peek(&s->cache, f->blk))
+		note_bitmap(s, f->blk, f->buf);
+	free(f->buf);
+	free(f);
+	while (w) {
+		struct renew_io *next = w->next;
+		td_request_t p = w->treq;
+
+		if (err) {
+			io_put(s, w);
+			td_complete_request(p, err);
+		} else {
+			retry_piece(w, 0);
+		}
+		w = next;
+	}
+}
+
+/* Start reading a block's bitmap through the data descriptor. */
+static struct renew_fetch *fetch_start(struct renew_state *s, uint32_t blk)
+{
+	struct renew_fetch *f = calloc(1, sizeof(*f));
+
+	if (!f || posix_memalign((void **)&f->buf, 4096, VHD_BITMAP_BYTES)) {
+		free(f);
+		return NULL;
+	}
+	f->s = s;
+	f->blk = blk;
+	f->next = s->fetches;
+	s->fetches = f;
+	td_prep_read(s->drv, &f->tiocb, s->dfd, (char *)f->buf, vhd_bitmap_bytes(&s->vhd),
+		     (long long)vhd_block_bitmap_off(&s->vhd, blk), fetch_done, f);
+	td_queue_tiocb(s->drv, &f->tiocb);
+	return f;
+}
+
+/* Park a piece until its block's bitmap is in the cache. */
+static void fetch_wait(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_fetch *f = fetch_find(s, blk);
+	struct renew_io *io = io_get(s, p), **tail;
+
+	if (io && !f)
+		f = fetch_start(s, blk);
+	if (!io || !f) {
+		if (io)
+			io_put(s, io);
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	io->blk = blk;
+	for (tail = &f->waiters; *tail; tail = &(*tail)->next)
+		;
+	*tail = io;
+}
+
 /* One block's part of a read: overlay runs and parent runs by the bitmap. */
 static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
 {
 	uint8_t bm_copy[VHD_BITMAP_BYTES];
 	uint32_t first, done = 0;
 	uint8_t *bm;
-	int err = 0;
 
 	if (!vhd_block_allocated(&s->vhd, blk)) {
 		td_forward_request(p);
@@ -290,14 +383,9 @@ static void read_block(struct renew_state *s, td_request_t p, uint32_t blk)
 		read_from_overlay(s, p, blk);
 		return;
 	}
-	bm = renew_block_bitmap(s, blk, &err);
+	bm = bm_cache_lookup(&s->cache, blk);
 	if (!bm) {
-		td_complete_request(p, err);
-		return;
-	}
-	if (bitmap_full(bm, s->vhd.spb)) {
-		note_bitmap(s, blk, bm);
-		read_from_overlay(s, p, blk);
+		fetch_wait(s, p, blk);
 		return;
 	}
 	/* completions below may run client code that touches the cache */
@@ -383,6 +471,7 @@ static int bitmap_record(struct renew_state *s, uint32_t blk, td_request_t p)
 		EPRINTF("%s", vhd_errmsg());
 		return err;
 	}
+	fetch_stale(s, blk);
 	note_bitmap(s, blk, next);
 	return 0;
 }
@@ -540,16 +629,12 @@ static int piece_solid(struct renew_state *s, uint32_t blk, td_request_t p)
 	return range_solid(s, sector_off(s, blk, p.sec), (uint64_t)p.secs << VHD_SECTOR_SHIFT);
 }
 
-/* Does the block already record every sector of the piece? */
-static int bits_present(struct renew_state *s, uint32_t blk, td_request_t p, int *err)
+/* Does the block already record every sector of the piece? `bm` is its
+ * cached bitmap, unless the block is full. */
+static int bits_present(struct renew_state *s, uint32_t blk, const uint8_t *bm, td_request_t p)
 {
-	uint8_t *bm;
-
 	if (full_test(s, blk))
 		return 1;
-	bm = renew_block_bitmap(s, blk, err);
-	if (!bm)
-		return -1;
 	if (bitmap_full(bm, s->vhd.spb)) {
 		note_bitmap(s, blk, bm); /* the next writes take the fast path */
 		return 1;
@@ -562,7 +647,8 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 {
 	struct renew_alloc *a;
 	struct renew_io *io;
-	int err = 0, present;
+	uint8_t *bm = NULL;
+	int present;
 
 	if (!vhd_block_allocated(&s->vhd, blk)) {
 		a = alloc_find(s, blk);
@@ -574,11 +660,11 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	}
 	if (wait_landing(s, p, blk))
 		return;
-	present = bits_present(s, blk, p, &err);
-	if (present < 0) {
-		td_complete_request(p, err);
+	if (!full_test(s, blk) && !(bm = bm_cache_lookup(&s->cache, blk))) {
+		fetch_wait(s, p, blk);
 		return;
 	}
+	present = bits_present(s, blk, bm, p);
 	/* sectors the overlay holds record nothing when rewritten: the write
 	 * may go behind its ack */
 	if (present && !s->copy && td_wb_room(&s->wb, (size_t)p.secs << VHD_SECTOR_SHIFT) &&
@@ -750,9 +836,33 @@ static void renew_free(struct renew_state *s)
 	vhd_close(&s->vhd);
 }
 
+/* How many partial blocks' bitmaps to keep: BM_CACHE_ENTRIES, or
+ * $RENEW_BITMAP_CACHE (a host with huge working sets and memory to spare,
+ * or a test that wants evictions). */
+static int cache_entries(const char *name, uint32_t *entries)
+{
+	const char *env = getenv("RENEW_BITMAP_CACHE");
+	unsigned long v;
+	char *end;
+
+	*entries = BM_CACHE_ENTRIES;
+	if (!env)
+		return 0;
+	errno = 0;
+	v = strtoul(env, &end, 10);
+	if (!*env || *end || errno || v < 1 || v > BM_CACHE_ENTRIES_MAX || env[0] == '-') {
+		EPRINTF("open: %s: RENEW_BITMAP_CACHE=%s: want a number of bitmaps from 1 to %u",
+			name, env, BM_CACHE_ENTRIES_MAX);
+		return -EINVAL;
+	}
+	*entries = (uint32_t)v;
+	return 0;
+}
+
 static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags, int rdonly)
 {
 	struct renew_state *s = drv->data;
+	uint32_t entries;
 	int err;
 
 	memset(s, 0, sizeof(*s));
@@ -783,7 +893,10 @@ static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags
 		td_wb_init(&s->wb, s->dfd, name);
 	s->full = calloc((s->vhd.bat_entries + 7) / 8 + 1, 1);
 	s->solid = calloc((s->vhd.bat_entries + 3) / 4 + 1, 1);
-	err = s->full && s->solid ? bm_cache_init(&s->cache, s->vhd.bat_entries, BM_CACHE_ENTRIES) : -ENOMEM;
+	err = cache_entries(name, &entries);
+	if (err)
+		goto fail;
+	err = s->full && s->solid ? bm_cache_init(&s->cache, s->vhd.bat_entries, entries) : -ENOMEM;
 	if (err)
 		goto fail;
 	for (uint32_t b = 0; b < s->vhd.bat_entries; b++)

@@ -10,6 +10,7 @@
 #include "write-behind.h"
 
 #define BM_CACHE_ENTRIES 4096   /* 2 MiB of bitmaps: 8 GiB of partial blocks */
+#define BM_CACHE_ENTRIES_MAX (1u << 20) /* 512 MiB of bitmaps: 2 TiB */
 #define IO_POOL_CHUNK    256
 
 struct renew_state;
@@ -35,6 +36,18 @@ struct renew_alloc {
 	struct renew_alloc *next;
 };
 
+/* A bitmap being read from the file: the pieces that need it wait here,
+ * so a cache miss costs the loop nothing. */
+struct renew_fetch {
+	struct tiocb tiocb;
+	struct renew_state *s;
+	uint32_t blk;
+	int stale;                  /* the bitmap was written meanwhile */
+	uint8_t *buf;               /* aligned for O_DIRECT */
+	struct renew_io *waiters;   /* in arrival order */
+	struct renew_fetch *next;
+};
+
 struct renew_state {
 	struct vhd_image vhd;
 	int dfd;                    /* data: O_DIRECT when the file allows */
@@ -43,6 +56,7 @@ struct renew_state {
 	uint8_t *solid;             /* two bits per block: data checked, and without holes */
 	struct bm_cache cache;
 	struct renew_alloc *allocs; /* allocations in progress */
+	struct renew_fetch *fetches; /* bitmap reads in flight */
 	struct renew_io *free_io;
 	void **chunks;
 	int nr_chunks;
