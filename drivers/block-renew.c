@@ -145,8 +145,9 @@ static td_request_t piece_of(td_request_t treq, td_sector_t sec, int secs)
 	return p;
 }
 
-/* The bitmap of an allocated block: cached, or read (and cached) now. */
-uint8_t *renew_block_bitmap(struct renew_state *s, uint32_t blk, int *err)
+/* The bitmap of an allocated block: cached, or read (and cached) now, on
+ * the loop: only for a write that landed after its bitmap left the cache. */
+static uint8_t *block_bitmap(struct renew_state *s, uint32_t blk, int *err)
 {
 	uint8_t buf[VHD_BITMAP_BYTES];
 	uint8_t *bm = bm_cache_lookup(&s->cache, blk);
@@ -459,7 +460,7 @@ static int bitmap_record(struct renew_state *s, uint32_t blk, td_request_t p)
 
 	if (full_test(s, blk))
 		return 0;
-	bm = renew_block_bitmap(s, blk, &err);
+	bm = block_bitmap(s, blk, &err);
 	if (!bm)
 		return err;
 	memcpy(next, bm, sizeof(next));
@@ -869,6 +870,9 @@ static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags
 	s->dfd = -1;
 	s->drv = drv;
 	s->rdonly = rdonly;
+	err = cache_entries(name, &entries);
+	if (err)
+		return err;
 	err = vhd_open(&s->vhd, name, rdonly ? VHD_OPEN_RDONLY : 0);
 	if (err) {
 		EPRINTF("%s", vhd_errmsg());
@@ -893,9 +897,6 @@ static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags
 		td_wb_init(&s->wb, s->dfd, name);
 	s->full = calloc((s->vhd.bat_entries + 7) / 8 + 1, 1);
 	s->solid = calloc((s->vhd.bat_entries + 3) / 4 + 1, 1);
-	err = cache_entries(name, &entries);
-	if (err)
-		goto fail;
 	err = s->full && s->solid ? bm_cache_init(&s->cache, s->vhd.bat_entries, entries) : -ENOMEM;
 	if (err)
 		goto fail;

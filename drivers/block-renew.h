@@ -69,7 +69,6 @@ struct renew_state {
 };
 
 /* block-renew.c, for renew-copy.c */
-uint8_t *renew_block_bitmap(struct renew_state *s, uint32_t blk, int *err);
 int renew_block_full(const struct renew_state *s, uint32_t blk);
 /* The overlay's own write and flush paths (no write-through). */
 void renew_write_local(struct renew_state *s, td_request_t treq);

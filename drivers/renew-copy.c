@@ -386,40 +386,21 @@ static void slot_read_done(void *arg, struct tiocb *t, int err)
 	slot_put(slot);
 }
 
-/* The claimed block is quiet: read what the overlay holds of it. */
-static void slot_start_read(struct copy_slot *slot)
+/* Read the pages of the block that cover what its bitmap (slot->bm) holds. */
+static void slot_read_held(struct copy_slot *slot)
 {
-	struct renew_copy *c = slot->c;
-	struct renew_state *s = c->s;
+	struct renew_state *s = slot->c->s;
 	uint32_t spb = s->vhd.spb, first = 0, last = spb;
-	uint8_t *bm;
-	int err = 0;
 
-	slot->state = SLOT_READ;
-	if (!vhd_block_allocated(&s->vhd, slot->blk)) {
-		/* the write that drained failed before allocating it */
-		first = last;
-	} else if (renew_block_full(s, slot->blk)) {
-		memset(slot->bm, 0xFF, sizeof(slot->bm));
-	} else {
-		bm = renew_block_bitmap(s, slot->blk, &err);
-		if (!bm) {
-			copy_fail(c, err);
-			slot->pending = 1;
-			slot_put(slot);
-			return;
-		}
-		memcpy(slot->bm, bm, sizeof(slot->bm));
-		while (first < spb && !vhd_bitmap_test(slot->bm, first))
-			first++;
-		while (last > first && !vhd_bitmap_test(slot->bm, last - 1))
-			last--;
-		/* whole 4 KiB pages: the O_DIRECT-friendly cover of the runs */
-		first &= ~7u;
-		last = (last + 7) & ~7u;
-		if (last > spb)
-			last = spb;
-	}
+	while (first < spb && !vhd_bitmap_test(slot->bm, first))
+		first++;
+	while (last > first && !vhd_bitmap_test(slot->bm, last - 1))
+		last--;
+	/* whole 4 KiB pages: the O_DIRECT-friendly cover of the runs */
+	first &= ~7u;
+	last = (last + 7) & ~7u;
+	if (last > spb)
+		last = spb;
 	if (first >= last) {
 		slot->pending = 1;
 		slot_put(slot);
@@ -429,6 +410,57 @@ static void slot_start_read(struct copy_slot *slot)
 		     (size_t)(last - first) << VHD_SECTOR_SHIFT,
 		     (long long)(vhd_block_data_off(&s->vhd, slot->blk) + ((uint64_t)first << VHD_SECTOR_SHIFT)),
 		     slot_read_done, slot);
+	td_queue_tiocb(s->drv, &slot->tiocb);
+}
+
+/* The bitmap of a block not in the cache arrived (guest writes to the
+ * block are held meanwhile, so it cannot change under us). */
+static void slot_bitmap_done(void *arg, struct tiocb *t, int err)
+{
+	struct copy_slot *slot = arg;
+	struct renew_copy *c = slot->c;
+
+	(void)t;
+	if (err) {
+		EPRINTF("renew: %s: read of the bitmap of block %u: %s", c->s->vhd.path, slot->blk,
+			strerror(-err));
+		copy_fail(c, err);
+		slot->pending = 1;
+		slot_put(slot);
+		return;
+	}
+	memcpy(slot->bm, slot->buf, sizeof(slot->bm));
+	slot_read_held(slot);
+}
+
+/* The claimed block is quiet: read what the overlay holds of it (its
+ * bitmap first when the cache lacks it, without stalling the loop). */
+static void slot_start_read(struct copy_slot *slot)
+{
+	struct renew_copy *c = slot->c;
+	struct renew_state *s = c->s;
+	uint8_t *bm;
+
+	slot->state = SLOT_READ;
+	if (!vhd_block_allocated(&s->vhd, slot->blk)) {
+		/* the write that drained failed before allocating it */
+		slot->pending = 1;
+		slot_put(slot);
+		return;
+	}
+	if (renew_block_full(s, slot->blk)) {
+		memset(slot->bm, 0xFF, sizeof(slot->bm));
+		slot_read_held(slot);
+		return;
+	}
+	bm = bm_cache_lookup(&s->cache, slot->blk);
+	if (bm) {
+		memcpy(slot->bm, bm, sizeof(slot->bm));
+		slot_read_held(slot);
+		return;
+	}
+	td_prep_read(s->drv, &slot->tiocb, s->dfd, slot->buf, vhd_bitmap_bytes(&s->vhd),
+		     (long long)vhd_block_bitmap_off(&s->vhd, slot->blk), slot_bitmap_done, slot);
 	td_queue_tiocb(s->drv, &slot->tiocb);
 }
 
