@@ -312,8 +312,8 @@ static void fetch_done(void *arg, struct tiocb *t, int err)
 		EPRINTF("read: %s: bitmap of block %u: %s", s->vhd.path, f->blk, strerror(-err));
 	else if (!f->stale && !bm_cache_peek(&s->cache, f->blk))
 		note_bitmap(s, f->blk, f->buf);
-	free(f->buf);
-	free(f);
+	f->next = s->free_fetches;
+	s->free_fetches = f;
 	while (w) {
 		struct renew_io *next = w->next;
 		td_request_t p = w->treq;
@@ -328,16 +328,34 @@ static void fetch_done(void *arg, struct tiocb *t, int err)
 	}
 }
 
+/* A fetch from the free list, or a new one: no more exist than misses
+ * were ever in flight at once. */
+static struct renew_fetch *fetch_get(struct renew_state *s)
+{
+	struct renew_fetch *f = s->free_fetches;
+
+	if (f) {
+		s->free_fetches = f->next;
+	} else {
+		f = calloc(1, sizeof(*f));
+		if (!f || posix_memalign((void **)&f->buf, 4096, VHD_BITMAP_BYTES)) {
+			free(f);
+			return NULL;
+		}
+	}
+	f->s = s;
+	f->stale = 0;
+	f->waiters = NULL;
+	return f;
+}
+
 /* Start reading a block's bitmap through the data descriptor. */
 static struct renew_fetch *fetch_start(struct renew_state *s, uint32_t blk)
 {
-	struct renew_fetch *f = calloc(1, sizeof(*f));
+	struct renew_fetch *f = fetch_get(s);
 
-	if (!f || posix_memalign((void **)&f->buf, 4096, VHD_BITMAP_BYTES)) {
-		free(f);
+	if (!f)
 		return NULL;
-	}
-	f->s = s;
 	f->blk = blk;
 	f->next = s->fetches;
 	s->fetches = f;
@@ -819,6 +837,13 @@ static void renew_free(struct renew_state *s)
 
 		s->allocs = a->next;
 		free(a);
+	}
+	while (s->free_fetches) {
+		struct renew_fetch *f = s->free_fetches;
+
+		s->free_fetches = f->next;
+		free(f->buf);
+		free(f);
 	}
 	for (int i = 0; i < s->nr_chunks; i++)
 		free(s->chunks[i]);

@@ -57,6 +57,7 @@ struct renew_state {
 	struct bm_cache cache;
 	struct renew_alloc *allocs; /* allocations in progress */
 	struct renew_fetch *fetches; /* bitmap reads in flight */
+	struct renew_fetch *free_fetches; /* kept for the next misses */
 	struct renew_io *free_io;
 	void **chunks;
 	int nr_chunks;
