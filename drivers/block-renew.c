@@ -28,7 +28,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -68,22 +71,73 @@ static int range_solid(struct renew_state *s, uint64_t off, uint64_t len)
 	return hole >= 0 && (uint64_t)hole >= off + len;
 }
 
-/* Are the sectors a block holds in the file without holes, so that
- * overwriting them never allocates? A write that could need space (into a
- * copy made sparse, say) must not go behind its ack, or a full disk could
- * fail it after the ack. A full block is asked about once per open; a
- * block allocated in this open is solid by construction (solid_set). */
-static int block_solid(struct renew_state *s, uint32_t blk)
+/* Do bits [first, first + n) all have the value `v`? Counts the run. */
+static uint32_t bitmap_run(const uint8_t *bm, uint32_t first, uint32_t n, int v)
 {
-	uint8_t bits = solid_bits(s, blk);
-	uint64_t off;
+	uint32_t i = first;
 
-	if (bits & 1)
-		return (bits >> 1) & 1;
-	off = vhd_block_data_off(&s->vhd, blk);
-	bits = (uint8_t)(1 | (range_solid(s, off, (uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT) ? 2 : 0));
-	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
-	return bits >> 1;
+	while (i < first + n && vhd_bitmap_test(bm, i) == v)
+		i++;
+	return i - first;
+}
+
+/* Does any sector of the block's file range [a, b) hold data, by its
+ * bitmap `bm` (NULL: the block is full)? */
+static int held_in(struct renew_state *s, const uint8_t *bm, uint64_t start, uint64_t a, uint64_t b)
+{
+	uint32_t first = (uint32_t)((a - start) >> VHD_SECTOR_SHIFT);
+	uint32_t last = (uint32_t)((b - start + VHD_SECTOR_SIZE - 1) >> VHD_SECTOR_SHIFT);
+
+	if (a >= b)
+		return 0;
+	if (last > s->vhd.spb)
+		last = s->vhd.spb;
+	return !bm || bitmap_run(bm, first, last - first, 0) != last - first;
+}
+
+#define SCAN_EXTENTS 64
+#define EXTENT_NOT_WRITTEN (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | FIEMAP_EXTENT_UNWRITTEN)
+
+/* Is every sector the block holds (bitmap `bm`, NULL when full) on a
+ * written extent of the file, so that overwriting it never allocates? One
+ * FIEMAP walk of the block; -1 when the filesystem cannot tell. A write
+ * that could need space (into a copy made sparse, say) must not go behind
+ * its ack, or a full disk could fail it after the ack. */
+static int held_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm)
+{
+	uint64_t start = vhd_block_data_off(&s->vhd, blk);
+	uint64_t end = start + ((uint64_t)s->vhd.spb << VHD_SECTOR_SHIFT), cur = start;
+	struct {
+		struct fiemap fm;
+		struct fiemap_extent fe[SCAN_EXTENTS];
+	} u;
+	int last = 0;
+
+	while (cur < end && !last) {
+		memset(&u.fm, 0, sizeof(u.fm));
+		u.fm.fm_start = cur;
+		u.fm.fm_length = end - cur;
+		u.fm.fm_extent_count = SCAN_EXTENTS;
+		if (ioctl(s->dfd, FS_IOC_FIEMAP, &u.fm) < 0)
+			return -1;
+		if (!u.fm.fm_mapped_extents)
+			break;
+		for (uint32_t i = 0; i < u.fm.fm_mapped_extents && cur < end; i++) {
+			const struct fiemap_extent *e = &u.fm.fm_extents[i];
+			uint64_t e_end = e->fe_logical + e->fe_length;
+
+			if (held_in(s, bm, start, cur, e->fe_logical < end ? e->fe_logical : end))
+				return 0; /* a hole under held sectors */
+			if ((e->fe_flags & EXTENT_NOT_WRITTEN) &&
+			    held_in(s, bm, start, e->fe_logical > cur ? e->fe_logical : cur,
+				    e_end < end ? e_end : end))
+				return 0;
+			if (e_end > cur)
+				cur = e_end;
+			last = (e->fe_flags & FIEMAP_EXTENT_LAST) != 0;
+		}
+	}
+	return !held_in(s, bm, start, cur, end);
 }
 
 /* Every sector a block holds was written here, through the data
@@ -169,16 +223,6 @@ static int bitmap_full(const uint8_t *bm, uint32_t spb)
 		if (bm[i] != 0xFF)
 			return 0;
 	return 1;
-}
-
-/* Do bits [first, first + n) all have the value `v`? Counts the run. */
-static uint32_t bitmap_run(const uint8_t *bm, uint32_t first, uint32_t n, int v)
-{
-	uint32_t i = first;
-
-	while (i < first + n && vhd_bitmap_test(bm, i) == v)
-		i++;
-	return i - first;
 }
 
 /* Remember what a bitmap says about its block: full ones skip the cache. */
@@ -637,14 +681,22 @@ static void write_wait(struct renew_state *s, struct renew_alloc *a, td_request_
 	*tail = io;
 }
 
-/* Is a piece the overlay holds in the file without holes? In a partial
- * block from an earlier open, set bits say only that the sectors were
- * written (a sparse copy turns written zeros into holes), so the piece's
- * range is asked each time. */
-static int piece_solid(struct renew_state *s, uint32_t blk, td_request_t p)
+/* Is a piece the overlay holds in the file without holes? Each block is
+ * walked once per open (held_solid): a block allocated in this open, or
+ * found solid, stays solid, since every sector it gains is written through
+ * the data descriptor. Only in a block with holes under held sectors (a
+ * sparse copy) is each piece's range asked. */
+static int piece_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm, td_request_t p)
 {
-	if (full_test(s, blk) || (solid_bits(s, blk) & 1))
-		return block_solid(s, blk);
+	uint8_t bits = solid_bits(s, blk);
+	int r;
+
+	if (!(bits & 1) && (r = held_solid(s, blk, full_test(s, blk) ? NULL : bm)) >= 0) {
+		bits = (uint8_t)(1 | (r ? 2 : 0));
+		s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
+	}
+	if (bits & 2)
+		return 1;
 	return range_solid(s, sector_off(s, blk, p.sec), (uint64_t)p.secs << VHD_SECTOR_SHIFT);
 }
 
@@ -687,7 +739,7 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	/* sectors the overlay holds record nothing when rewritten: the write
 	 * may go behind its ack */
 	if (present && !s->copy && td_wb_room(&s->wb, (size_t)p.secs << VHD_SECTOR_SHIFT) &&
-	    piece_solid(s, blk, p) &&
+	    piece_solid(s, blk, bm, p) &&
 	    td_wb_write(&s->wb, s->drv, s->dfd, p, sector_off(s, blk, p.sec)) == 1)
 		return;
 	io = io_get(s, p);
