@@ -90,8 +90,8 @@ fio_nbd() {
 
 print_header() {
 	printf '\n%s\n' "$1"
-	printf '%-16s %5s | %14s | %14s | %16s | %9s | %9s\n' row bs "$2" "$3" "$4" "vs raw" "vs qemu"
-	printf '%s\n' "-----------------------------------------------------------------------------------------------"
+	printf '%-16s %5s | %14s | %14s | %16s | %9s | %9s | %s\n' row bs "$2" "$3" "$4" "vs raw" "vs qemu" "vs raw, each repeat"
+	printf '%s\n' "------------------------------------------------------------------------------------------------------------------"
 }
 
 # report_row NAME BS < runs: medians of the row's runs and the ratios.
@@ -105,8 +105,11 @@ big = bs.upper().endswith("M")
 k = 3 if big else 2           # MiB/s for large blocks, IOPS for small
 raw, ours, qemu = col(k), col(k + 2), col(k + 4)
 unit = "MiB/s" if big else "IOPS"
-print("%-16s %5s | %8.0f %5s | %8.0f %5s | %10.0f %5s | %8.2fx | %8.2fx" %
-      (name, bs, raw, unit, ours, unit, qemu, unit, ours / raw, ours / qemu))
+# each repeat ran the three side by side: its own ratio shows how much
+# the host moved between repeats, which the medians hide
+each = " ".join("%.2f" % (float(r[k + 2]) / float(r[k])) for r in rows)
+print("%-16s %5s | %8.0f %5s | %8.0f %5s | %10.0f %5s | %8.2fx | %8.2fx | %s" %
+      (name, bs, raw, unit, ours, unit, qemu, unit, ours / raw, ours / qemu, each))
 ' "$1" "$2"
 }
 
