@@ -83,15 +83,13 @@ static uint32_t bitmap_run(const uint8_t *bm, uint32_t first, uint32_t n, int v)
 
 /* Does any sector of the block's file range [a, b) hold data, by its
  * bitmap `bm` (NULL: the block is full)? */
-static int held_in(struct renew_state *s, const uint8_t *bm, uint64_t start, uint64_t a, uint64_t b)
+static int held_in(const uint8_t *bm, uint64_t start, uint64_t a, uint64_t b)
 {
 	uint32_t first = (uint32_t)((a - start) >> VHD_SECTOR_SHIFT);
 	uint32_t last = (uint32_t)((b - start + VHD_SECTOR_SIZE - 1) >> VHD_SECTOR_SHIFT);
 
 	if (a >= b)
 		return 0;
-	if (last > s->vhd.spb)
-		last = s->vhd.spb;
 	return !bm || bitmap_run(bm, first, last - first, 0) != last - first;
 }
 
@@ -127,10 +125,10 @@ static int held_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm)
 			const struct fiemap_extent *e = &u.fm.fm_extents[i];
 			uint64_t e_end = e->fe_logical + e->fe_length;
 
-			if (held_in(s, bm, start, cur, e->fe_logical < end ? e->fe_logical : end))
+			if (held_in(bm, start, cur, e->fe_logical < end ? e->fe_logical : end))
 				return 0; /* a hole under held sectors */
 			if ((e->fe_flags & EXTENT_NOT_WRITTEN) &&
-			    held_in(s, bm, start, e->fe_logical > cur ? e->fe_logical : cur,
+			    held_in(bm, start, e->fe_logical > cur ? e->fe_logical : cur,
 				    e_end < end ? e_end : end))
 				return 0;
 			if (e_end > cur)
@@ -138,14 +136,13 @@ static int held_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm)
 			last = (e->fe_flags & FIEMAP_EXTENT_LAST) != 0;
 		}
 	}
-	return !held_in(s, bm, start, cur, end);
+	return !held_in(bm, start, cur, end);
 }
 
-/* Every sector a block holds was written here, through the data
- * descriptor: nothing it holds is a hole, now or as it fills up. */
-static void solid_set(struct renew_state *s, uint32_t blk)
+/* Record a block's solid bits (answered, without holes). */
+static void solid_set(struct renew_state *s, uint32_t blk, uint8_t bits)
 {
-	s->solid[blk >> 2] |= (uint8_t)(3u << ((blk & 3) * 2));
+	s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
 }
 
 /* Grow the pool by one chunk: requests in flight are bounded by clients. */
@@ -410,24 +407,34 @@ static struct renew_fetch *fetch_start(struct renew_state *s, uint32_t blk)
 	return f;
 }
 
-/* Park a piece until its block's bitmap is in the cache. */
-static void fetch_wait(struct renew_state *s, td_request_t p, uint32_t blk)
+/* Park a piece at the tail of a waiting list (an allocation's or a
+ * bitmap read's), so the pieces run again in the order they came. */
+static void park_piece(struct renew_state *s, struct renew_io **list, td_request_t p, uint32_t blk)
 {
-	struct renew_fetch *f = fetch_find(s, blk);
-	struct renew_io *io = io_get(s, p), **tail;
+	struct renew_io *io = io_get(s, p);
 
-	if (io && !f)
-		f = fetch_start(s, blk);
-	if (!io || !f) {
-		if (io)
-			io_put(s, io);
+	if (!io) {
 		td_complete_request(p, -ENOMEM);
 		return;
 	}
 	io->blk = blk;
-	for (tail = &f->waiters; *tail; tail = &(*tail)->next)
-		;
-	*tail = io;
+	while (*list)
+		list = &(*list)->next;
+	*list = io;
+}
+
+/* Park a piece until its block's bitmap is in the cache. */
+static void fetch_wait(struct renew_state *s, td_request_t p, uint32_t blk)
+{
+	struct renew_fetch *f = fetch_find(s, blk);
+
+	if (!f)
+		f = fetch_start(s, blk);
+	if (!f) {
+		td_complete_request(p, -ENOMEM);
+		return;
+	}
+	park_piece(s, &f->waiters, p, blk);
 }
 
 /* One block's part of a read: overlay runs and parent runs by the bitmap. */
@@ -588,7 +595,9 @@ static int alloc_commit(struct renew_state *s, struct renew_alloc *a, td_request
 		return err;
 	}
 	s->blocks_allocated++;
-	solid_set(s, a->blk);
+	/* every sector it holds was written here, through the data descriptor:
+	 * nothing it holds is a hole, now or as it fills up */
+	solid_set(s, a->blk, 3);
 	note_bitmap(s, a->blk, bm);
 	return 0;
 }
@@ -667,21 +676,6 @@ static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
 	queue_data_io(s, io, 1, off, write_done);
 }
 
-/* Park a write until the allocation of its block settles. */
-static void write_wait(struct renew_state *s, struct renew_alloc *a, td_request_t p, uint32_t blk)
-{
-	struct renew_io *io = io_get(s, p), **tail = &a->waiters;
-
-	if (!io) {
-		td_complete_request(p, -ENOMEM);
-		return;
-	}
-	io->blk = blk;
-	while (*tail)
-		tail = &(*tail)->next;
-	*tail = io;
-}
-
 /* Is a piece the overlay holds in the file without holes? Each block is
  * walked once per open (held_solid): a block allocated in this open, or
  * found solid, stays solid, since every sector it gains is written through
@@ -694,7 +688,7 @@ static int piece_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm, t
 
 	if (!(bits & 1) && (r = held_solid(s, blk, full_test(s, blk) ? NULL : bm)) >= 0) {
 		bits = (uint8_t)(1 | (r ? 2 : 0));
-		s->solid[blk >> 2] |= (uint8_t)(bits << ((blk & 3) * 2));
+		solid_set(s, blk, bits);
 	}
 	if (bits & 2)
 		return 1;
@@ -725,7 +719,7 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	if (!vhd_block_allocated(&s->vhd, blk)) {
 		a = alloc_find(s, blk);
 		if (a)
-			write_wait(s, a, p, blk);
+			park_piece(s, &a->waiters, p, blk);
 		else
 			write_allocate(s, p, blk);
 		return;
