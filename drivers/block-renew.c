@@ -942,6 +942,7 @@ static int renew_open_common(td_driver_t *drv, const char *name, td_flag_t flags
 	s->dfd = -1;
 	s->drv = drv;
 	s->rdonly = rdonly;
+	vhd_set_fault_hook(td_fault); /* tests fail named metadata writes */
 	err = cache_entries(name, &entries);
 	if (err)
 		return err;

@@ -259,6 +259,31 @@ static int short_io_error(const struct iocb *io, long long done)
 	return r < 0 ? -errno : -ENOSPC;
 }
 
+/* Tests make the Nth read, write or fsync fail after it ran, as a failing
+ * disk may (RENEW_FAULT=aio.read|aio.write|aio.fsync:N:eio), or kill the
+ * daemon once it ran (no action). */
+static int event_fault(const struct iocb *io)
+{
+	int r;
+
+	switch (io->aio_lio_opcode) {
+	case IO_CMD_PREAD:
+	case IO_CMD_PREADV:
+		r = td_fault("aio.read");
+		break;
+	case IO_CMD_PWRITE:
+	case IO_CMD_PWRITEV:
+		r = td_fault("aio.write");
+		break;
+	case IO_CMD_FDSYNC:
+		r = td_fault("aio.fsync");
+		break;
+	default:
+		return 0;
+	}
+	return r == -EINPROGRESS ? 0 : r; /* no point here can be delayed */
+}
+
 /* One completion: call its tiocb back with 0 or a negative errno. */
 static void event_done(const struct io_event *ev)
 {
@@ -270,6 +295,8 @@ static void event_done(const struct io_event *ev)
 		err = (int)res;
 	else if (res != expected_bytes(&t->iocb))
 		err = short_io_error(&t->iocb, res);
+	if (!err)
+		err = event_fault(&t->iocb);
 	tiocb_done(t, err);
 }
 

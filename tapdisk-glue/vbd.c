@@ -577,8 +577,8 @@ static void vreq_account(td_vbd_request_t *vreq, int64_t done, int err)
 	if (err && !vreq->error) {
 		vreq->error = err;
 		if (err != -EPERM)
-			EPRINTF("minor %d: %s at sector %llu (%u sectors): %s", vreq->vbd->minor,
-				vreq->op == VBD_OP_READ ? "read" : vreq->phase == PH_FLUSH ? "flush" : "write",
+			EPRINTF("minor %d (%s): %s at sector %llu (%u sectors): %s", vreq->vbd->minor,
+				vreq->vbd->params ? vreq->vbd->params : "closed", vreq->op == VBD_OP_READ ? "read" : vreq->phase == PH_FLUSH ? "flush" : "write",
 				(unsigned long long)vreq->sec, vreq->secs, strerror(-err));
 	}
 	vreq->secs_pending -= done;

@@ -64,7 +64,7 @@ RENEW_FAULT=write-behind.landed:1:eio behind
 # qemu-io exits 1 when a command (here the flush) fails
 run_rc 1 "write, then a flush that must fail" qio "$T/s.sock" "write -P 0xc1 0 4k" "flush"
 grep -q "^wrote 4096/4096" "$T/out" || { cat "$T/out"; fail "the failing write was not acked"; }
-grep -q "error: minor 0: flush at sector 0 (0 sectors): Input/output error" "$T/tapdisk.log" ||
+grep -q "error: minor 0 (renew:$T/ov.vhd): flush at sector 0 (0 sectors): Input/output error" "$T/tapdisk.log" ||
 	{ tail "$T/tapdisk.log"; fail "the flush after it did not fail"; }
 grep -q "write-behind: $T/ov.vhd: write of 4096 bytes at offset .* failed after its ack" "$T/tapdisk.log" ||
 	{ tail "$T/tapdisk.log"; fail "the log does not name the failed write"; }

@@ -123,14 +123,25 @@ int vhd_alloc_commit(struct vhd_image *img, uint32_t blk, uint32_t bm_sec)
 	return rc;
 }
 
-/* The three steps at once, for synchronous tools. */
+/* The three steps at once, for synchronous tools. A failed bitmap write
+ * gives the reserved space back (the error reported stays the write's). */
 int vhd_alloc_block(struct vhd_image *img, uint32_t blk, const uint8_t *bm)
 {
+	uint64_t prev_footer_off = img->footer_off;
+	char msg[1024];
 	uint32_t bm_sec;
 	int rc;
 
-	if ((rc = vhd_alloc_reserve(img, blk, &bm_sec)) || (rc = vhd_write_bitmap_at(img, bm_sec, bm)))
+	if ((rc = vhd_alloc_reserve(img, blk, &bm_sec)))
 		return rc;
+	if ((rc = vhd_write_bitmap_at(img, bm_sec, bm))) {
+		snprintf(msg, sizeof(msg), "%s", vhd_errmsg());
+		if (vhd_alloc_cancel(img, bm_sec, prev_footer_off))
+			vhd_fail(rc, "%s (and the space stays reserved: %s)", msg, vhd_errmsg());
+		else
+			vhd_fail(rc, "%s", msg);
+		return rc;
+	}
 	return vhd_alloc_commit(img, blk, bm_sec);
 }
 

@@ -125,7 +125,7 @@ static void interior_leaks(struct checker *ck, const struct vhd_image *img)
 	}
 	free(offs);
 	if (leaked)
-		line(ck, "leak: %s: %llu bytes between blocks belong to no block (an allocation cut short by a crash)",
+		line(ck, "leak: %s: %llu bytes between blocks belong to no block (an allocation cut short by a crash or an I/O error)",
 		     ck->path, (unsigned long long)leaked);
 }
 
@@ -138,7 +138,7 @@ static void tail_leak(struct checker *ck, struct vhd_image *img, uint64_t used_e
 
 	if (img->footer_off <= used_end)
 		return;
-	line(ck, "leak: %s: %llu bytes at the end (bytes %llu..%llu) belong to no block (an allocation cut short by a crash)",
+	line(ck, "leak: %s: %llu bytes at the end (bytes %llu..%llu) belong to no block (an allocation cut short by a crash or an I/O error)",
 	     ck->path, (unsigned long long)leaked, (unsigned long long)used_end, (unsigned long long)img->footer_off);
 	if (!ck->repair)
 		return;

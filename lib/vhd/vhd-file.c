@@ -1,5 +1,6 @@
 /* Opening, validating, probing and closing a VHD; writing its footers and
  * header back. */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -230,13 +231,41 @@ int vhd_probe(const char *path)
 
 /* Write a whole buffer at an offset, naming the operation on failure. A
  * short write is continued: the next call says why it stopped (ENOSPC). */
+static int (*fault_hook)(const char *point);
+
+void vhd_set_fault_hook(int (*hook)(const char *point))
+{
+	fault_hook = hook;
+}
+
+/* The test hook for a write of `what`: point vhd.write.WHAT (lower case,
+ * dashes for spaces); a negative errno fails the write before it runs. */
+static int write_fault(const char *what)
+{
+	char point[64] = "vhd.write.";
+	size_t i = strlen(point);
+	int r;
+
+	if (!fault_hook)
+		return 0;
+	for (; *what && i < sizeof(point) - 1; what++)
+		point[i++] = *what == ' ' ? '-' : (char)tolower((unsigned char)*what);
+	point[i] = '\0';
+	r = fault_hook(point);
+	return r == -EINPROGRESS ? 0 : r;
+}
+
 int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	size_t done = 0;
 	ssize_t n = 0;
+	int r;
 
 	if (img->rdonly)
 		return vhd_fail(EROFS, "write: %s: opened read-only", img->path);
+	if ((r = write_fault(what)))
+		return vhd_fail(-r, "write: %s: writing the %s at %llu: %s", img->path, what,
+				(unsigned long long)off, strerror(-r));
 	while (done < len) {
 		n = pwrite(img->fd, (const char *)buf + done, len - done, (off_t)(off + done));
 		if (n < 0 && errno == EINTR)

@@ -175,6 +175,10 @@ int vhd_alloc_block(struct vhd_image *img, uint32_t blk, const uint8_t *bm);
 /* Write all of `buf` at `off` through the metadata descriptor; the error
  * names the file and `what` was being written. */
 int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what);
+/* Tests fail or kill at a named metadata write (vhd.write.bitmap,
+ * vhd.write.bat-sector, vhd.write.end-footer, ...): the library sits below
+ * the runtime, so the runtime's fault check is handed in. */
+void vhd_set_fault_hook(int (*hook)(const char *point));
 /* Write the footer at footer_off and the copy at 0. */
 int vhd_write_footers(struct vhd_image *img);
 int vhd_write_header(struct vhd_image *img);
