@@ -16,7 +16,7 @@ cache_stat() {
 	json_get "$T/stats" "j['images'][0]['$1']"
 }
 
-# 4k writes at random over 128 partial blocks, four connections at once,
+# 4k writes at random over 32 partial blocks (8 per connection), four connections at once,
 # then read back and verified: with 4 bitmaps cached, nearly every write
 # and read misses
 serve "renew:$T/ov.vhd" "$T/s.sock"
@@ -27,7 +27,7 @@ fio --name=small-cache --ioengine=nbd --uri="$(nbd_uri "$T/s.sock")" --rw=randwr
 misses=$(cache_stat bitmap_cache_misses)
 [ "$misses" -gt 1000 ] || fail "only $misses bitmap cache misses: the cache did not evict"
 [ "$(cache_stat bitmaps_cached)" -le 4 ] || fail "more than 4 bitmaps cached"
-ok "random writes over 128 partial blocks verify through 4 cached bitmaps ($misses misses)"
+ok "random writes over 32 partial blocks verify through 4 cached bitmaps ($misses misses)"
 export_to "$T/s.sock" "$T/e1"
 unserve
 
