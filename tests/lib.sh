@@ -109,3 +109,38 @@ json_get() { python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); pri
 randfile() { head -c "$(( $2 << 20 ))" /dev/urandom >"$1"; }
 # fio keeps no verify state files (it would drop them in the working tree)
 fio() { command fio --verify_state_save=0 "$@"; }
+
+# alloc_setup DIR: DIR/orig/base.raw (24 MiB) and an overlay DIR/orig/vm.vhd
+# over it, and $T/writes: ten writes (OFFSET LENGTH BYTE), most into blocks
+# not yet allocated: new blocks, a new piece of an allocated block (the
+# 4th), 512 bytes, 1 MiB.
+alloc_setup() {
+	mkdir -p "$1/orig"
+	randfile "$1/orig/base.raw" 24
+	img snapshot "$1/orig/base.raw" "$1/orig/vm.vhd" >/dev/null || fail snapshot
+	printf '%s\n' "0 65536 1" "2097152 4096 2" "4194304 1048576 3" "65536 4096 4" \
+		"6291456 512 5" "8388608 131072 6" "10485760 4096 7" "12582912 8192 8" \
+		"14680064 4096 9" "16777216 4096 10" >"$T/writes"
+}
+# killed_at DIR POINT:N: DIR/orig copied to DIR/run and served with a kill -9
+# at the Nth POINT while qemu-io makes the writes of $T/writes; the image
+# checks clean and a restarted daemon serves every acknowledged write (and
+# maybe the one in flight) over the base.
+killed_at() {
+	local dir=$1 point=$2 cmds=() off len byte acked
+	while read -r off len byte; do cmds+=(-c "write -P $byte $off $len"); done <"$T/writes"
+	rm -rf "$dir/run"; cp -a "$dir/orig" "$dir/run"
+	RENEW_FAULT=$point serve "renew:$dir/run/vm.vhd" "$T/s.sock"
+	qemu-io -f raw "$(nbd_uri "$T/s.sock")" "${cmds[@]}" >"$T/qio" 2>&1
+	wait "$SPID" 2>/dev/null
+	acked=$(grep -c '^wrote' "$T/qio")
+	[ "$acked" -lt "${#cmds[@]}" ] || fail "$point: the daemon was not killed"
+	img check "$dir/run/vm.vhd" >"$T/check" || { cat "$T/check"; fail "$point: check"; }
+	serve "renew:$dir/run/vm.vhd" "$T/s.sock"
+	export_to "$T/s.sock" "$T/got"
+	unserve
+	head -n "$acked" "$T/writes" | tests/apply-writes.py "$dir/orig/base.raw" "$T/want"
+	head -n $((acked + 1)) "$T/writes" | tests/apply-writes.py "$dir/orig/base.raw" "$T/want2"
+	cmp -s "$T/got" "$T/want" || cmp -s "$T/got" "$T/want2" ||
+		fail "$point: $acked acknowledged writes did not all read back"
+}

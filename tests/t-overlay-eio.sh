@@ -7,23 +7,7 @@
 # and the image checks clean (an allocation cut short may leak its space).
 . "$(dirname "$0")/lib.sh"
 
-mkdir "$T/orig"
-randfile "$T/orig/base.raw" 24
-img snapshot "$T/orig/base.raw" "$T/orig/vm.vhd" >/dev/null || fail snapshot
-# ten writes: new blocks, a new piece of an allocated block (the 4th), a
-# 512-byte write, a 1 MiB one
-cat >"$T/writes" <<'W'
-0 65536 1
-2097152 4096 2
-4194304 1048576 3
-65536 4096 4
-6291456 512 5
-8388608 131072 6
-10485760 4096 7
-12582912 8192 8
-14680064 4096 9
-16777216 4096 10
-W
+alloc_setup "$T"
 tests/apply-writes.py "$T/orig/base.raw" "$T/want" <"$T/writes"
 wcmds=() rcmds=()
 while read -r off len byte; do

@@ -51,37 +51,11 @@ cmp -s "$T/got" "$T/qemu.raw" || fail "qemu-img reads the dynamic VHD on XFS oth
 ok "fresh writes and rewrites verify on XFS (write-behind off); renew-img and qemu-img read the same"
 
 # a kill -9 at each step of an allocation, as t-overlay-crash does on ext4
-mkdir "$X/orig"
-randfile "$X/orig/base.raw" 24
-img snapshot "$X/orig/base.raw" "$X/orig/vm.vhd" >/dev/null || fail snapshot
-cat >"$T/writes" <<'W'
-0 65536 1
-2097152 4096 2
-4194304 1048576 3
-65536 4096 4
-6291456 512 5
-8388608 131072 6
-10485760 4096 7
-W
-cmds=()
-while read -r off len byte; do cmds+=(-c "write -P $byte $off $len"); done <"$T/writes"
+alloc_setup "$X"
 runs=0
 for point in alloc.reserved alloc.data alloc.bitmap; do
 	for n in 1 3 5; do
-		rm -rf "$X/run"; cp -a "$X/orig" "$X/run"
-		RENEW_FAULT=$point:$n serve "renew:$X/run/vm.vhd" "$T/s.sock"
-		qemu-io -f raw "$(nbd_uri "$T/s.sock")" "${cmds[@]}" >"$T/qio" 2>&1
-		wait "$SPID" 2>/dev/null
-		acked=$(grep -c '^wrote' "$T/qio")
-		[ "$acked" -lt 7 ] || fail "$point:$n: the daemon was not killed"
-		img check "$X/run/vm.vhd" >"$T/check" || { cat "$T/check"; fail "$point:$n: check on XFS"; }
-		serve "renew:$X/run/vm.vhd" "$T/s.sock"
-		export_to "$T/s.sock" "$T/got"
-		unserve
-		head -n "$acked" "$T/writes" | tests/apply-writes.py "$X/orig/base.raw" "$T/want"
-		head -n $((acked + 1)) "$T/writes" | tests/apply-writes.py "$X/orig/base.raw" "$T/want2"
-		cmp -s "$T/got" "$T/want" || cmp -s "$T/got" "$T/want2" ||
-			fail "$point:$n: $acked acknowledged writes did not all read back on XFS"
+		killed_at "$X" "$point:$n"
 		runs=$((runs + 1))
 	done
 done
