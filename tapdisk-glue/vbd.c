@@ -578,7 +578,8 @@ static void vreq_account(td_vbd_request_t *vreq, int64_t done, int err)
 		vreq->error = err;
 		if (err != -EPERM)
 			EPRINTF("minor %d (%s): %s at sector %llu (%u sectors): %s", vreq->vbd->minor,
-				vreq->vbd->params ? vreq->vbd->params : "closed", vreq->op == VBD_OP_READ ? "read" : vreq->phase == PH_FLUSH ? "flush" : "write",
+				vreq->vbd->params ? vreq->vbd->params : "closed",
+				vreq->op == VBD_OP_READ ? "read" : vreq->phase == PH_FLUSH ? "flush" : "write",
 				(unsigned long long)vreq->sec, vreq->secs, strerror(-err));
 	}
 	vreq->secs_pending -= done;

@@ -229,8 +229,6 @@ int vhd_probe(const char *path)
 	return found;
 }
 
-/* Write a whole buffer at an offset, naming the operation on failure. A
- * short write is continued: the next call says why it stopped (ENOSPC). */
 static int (*fault_hook)(const char *point);
 
 void vhd_set_fault_hook(int (*hook)(const char *point))
@@ -255,6 +253,8 @@ static int write_fault(const char *what)
 	return r == -EINPROGRESS ? 0 : r;
 }
 
+/* Write a whole buffer at an offset, naming the operation on failure. A
+ * short write is continued: the next call says why it stopped (ENOSPC). */
 int vhd_write_at(struct vhd_image *img, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	size_t done = 0;
