@@ -5,7 +5,9 @@
 # (tap-ctl-renew renew --wait); then the guest verifies every file with cold
 # caches and powers off, and the host checks the export: e2fsck -fn, the
 # files' checksums read back from the image, renew-img check, and the same
-# bytes offline as online.
+# bytes offline as online. Then a power cut: a second guest runs the daemon
+# itself on its own disk and is killed while writing through it; every
+# write it flushed must be on that disk (powercut-verify.py).
 #   Kernel: Debian's linux-image-amd64, extracted from its .deb (cached in
 #   tests/cache/vm, keyed by the package version). Initramfs: our own
 #   (mkinitramfs.sh). KVM when a probe guest boots with it, else TCG.
@@ -42,7 +44,7 @@ trap finish EXIT
 abort() { fail "$*"; exit 1; }
 
 # --- host packages, the build ---
-"$TOP/tests/install-deps.sh" qemu-system-x86 busybox-static cpio e2fsprogs libnbd-bin ||
+"$TOP/tests/install-deps.sh" qemu-system-x86 busybox-static cpio e2fsprogs libnbd-bin nbd-client ||
 	abort "installing the VM test's Debian packages"
 # a private copy of the programs: a rebuild of bin/ during the run must not
 # mix versions (tap-ctl-renew spawns the tapdisk-renew found next to itself)
@@ -65,7 +67,9 @@ if [ ! -e "$K/.ok" ]; then
 		rm -rf "$K.tmp" && touch "$K/.ok" || abort "unpack $kpkg into $K"
 fi
 say "kernel $kpkg $kver"
-"$HERE/mkinitramfs.sh" "$W/initrd.gz" "$K/modules" "$HERE/guest-init" virtio_pci virtio_blk ext4 crc32c_generic ||
+# the power-cut guest runs the daemon itself, attached with nbd-client
+EXTRA_PROGS="$BIN/tapdisk-renew $(command -v nbd-client)" \
+	"$HERE/mkinitramfs.sh" "$W/initrd.gz" "$K/modules" "$HERE/guest-init" virtio_pci virtio_blk ext4 crc32c_generic nbd ||
 	abort "initramfs"
 
 # --- the disk: an empty overlay over a raw base, served over NBD ---
@@ -191,4 +195,52 @@ check "no daemon or socket left" sh -c "[ -z \"\$('$BIN/tap-ctl-renew' list)\" ]
 check "renew-img check: clean" "$BIN/renew-img" check "$W/disk.vhd"
 check "offline read (renew-img convert) equals the export" \
 	sh -c "'$BIN/renew-img' convert '$W/disk.vhd' - | cmp - '$W/export.raw'"
+# --- a power cut: a guest runs the daemon on an overlay in its own ext4
+# disk and writes through /dev/nbd0, a flush after every 8th write, until
+# QEMU is killed: what the guest's page cache held is lost, as in a power
+# loss, and every write up to the last flush the guest reported must be on
+# its disk (guest-init's powercut) ---
+mkdir -p "$W/pc" "$W/pcout"
+head -c 64M /dev/urandom >"$W/pc/base.raw"
+"$BIN/renew-img" snapshot "$W/pc/base.raw" "$W/pc/vm.vhd" >/dev/null || abort "power cut: snapshot"
+truncate -s 128M "$W/pc.img" && : >"$W/pc-console.log"
+mkfs.ext4 -q -F -d "$W/pc" "$W/pc.img" || abort "power cut: mkfs.ext4 -d"
+qemu -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
+	-append "console=ttyS0 loglevel=4 panic=-1 renew.powercut=vda" -serial "file:$W/pc-console.log" \
+	-drive "file=$W/pc.img,format=raw,if=virtio" </dev/null >"$W/pc-qemu.out" 2>&1 &
+QPID=$!
+flushed() { sed -n 's/^GUEST: flushed \([0-9]*\).*/\1/p' "$W/pc-console.log" | tail -n 1 | grep . || echo 0; }
+# past 640 writes every write rewrites an earlier one; cut at 1300, or at
+# whatever was reached after 300 s of writing
+n=0
+while [ "$(flushed)" -lt 1300 ] && [ $n -lt 600 ] && kill -0 "$QPID" 2>/dev/null &&
+	! grep -q GUEST-FAIL "$W/pc-console.log"; do sleep 0.5; n=$((n + 1)); done
+sleep "0.$((RANDOM % 10))"
+kill -9 "$QPID" 2>/dev/null
+wait "$QPID" 2>/dev/null
+QPID=""
+N=$(flushed)
+grep "GUEST-FAIL" "$W/pc-console.log" && fail "power-cut guest reported failures"
+if [ "$N" -lt 640 ]; then
+	fail "power cut: the guest reached only $N flushed writes (want 640 or more)"; tail -n 20 "$W/pc-console.log"
+else
+	# e2fsck replays the guest's journal, as the next mount would
+	e2fsck -fy "$W/pc.img" >"$W/pc-fsck.out" 2>&1
+	rc=$?
+	check "power cut after $N flushed writes: the guest's ext4 recovers (e2fsck -fy exit $rc)" [ $rc -le 1 ]
+	debugfs -R "dump /vm.vhd $W/pcout/vm.vhd" "$W/pc.img" >/dev/null 2>&1
+	debugfs -R "dump /base.raw $W/pcout/base.raw" "$W/pc.img" >/dev/null 2>&1
+	check "power cut: renew-img check of the overlay: $("$BIN/renew-img" check "$W/pcout/vm.vhd" 2>&1 | tr '\n' ' ')" \
+		"$BIN/renew-img" check "$W/pcout/vm.vhd"
+	rm -f "$W/pc.sock"
+	"$BIN/tapdisk-renew" --serve "renew:$W/pcout/vm.vhd" --socket "$W/pc.sock" 2>>"$W/pc-tapdisk.log" &
+	spid=$!
+	n=0; while [ ! -S "$W/pc.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+	nbdcopy "nbd+unix:///?socket=$W/pc.sock" "$W/pc-export.raw" 2>"$W/nbdcopy.err" ||
+		fail "power cut: nbdcopy: $(cat "$W/nbdcopy.err")"
+	kill "$spid"; wait "$spid" 2>/dev/null
+	out=$(python3 "$HERE/powercut-verify.py" "$W/pc-export.raw" "$W/pc/base.raw" "$N" 2>&1)
+	rc=$?
+	check "power cut: $out" [ $rc = 0 ]
+fi
 say "done"

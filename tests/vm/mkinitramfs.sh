@@ -1,10 +1,11 @@
 #!/bin/bash
 # mkinitramfs.sh OUT MODDIR INIT MODULE...
 # A small initramfs of our own for the test guests: static busybox,
-# e2fsprogs' mke2fs and e2fsck (with the libraries they link, taken from
-# this host), INIT as /init, and each MODULE with what it depends on, taken
-# from MODDIR (a kernel's lib/modules/VERSION), listed in load order in
-# /lib/modules/load (the init insmods them: no depmod, no modprobe).
+# e2fsprogs' mke2fs and e2fsck and the programs EXTRA_PROGS names (with the
+# libraries they link, taken from this host), INIT as /init, and each
+# MODULE with what it depends on, taken from MODDIR (a kernel's
+# lib/modules/VERSION), listed in load order in /lib/modules/load (the init
+# insmods them: no depmod, no modprobe).
 # Used by check-vm (virtio guest) and check-xen (PV domU).
 set -euo pipefail
 out=$1 moddir=$2 init=$3
@@ -22,8 +23,9 @@ cp /bin/busybox "$root/bin/busybox"
 cp "$init" "$root/init"
 chmod 755 "$root/init"
 
-# e2fsprogs and the shared libraries they need (ldd names each one's path).
-for prog in /sbin/mke2fs /sbin/e2fsck; do
+# e2fsprogs, the programs named in $EXTRA_PROGS (paths), and the shared
+# libraries they need (ldd names each one's path).
+for prog in /sbin/mke2fs /sbin/e2fsck ${EXTRA_PROGS:-}; do
 	[ -x "$prog" ] || die "$prog missing (apt-get install e2fsprogs)"
 	cp "$prog" "$root/sbin/"
 	for lib in $(ldd "$prog" | grep -o '/[^ ]*'); do
