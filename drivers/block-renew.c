@@ -616,8 +616,11 @@ static void write_done(void *arg, struct tiocb *t, int err)
 		else
 			err = alloc_commit(s, a, treq);
 		io_put(s, io);
-		td_complete_request(treq, err);
+		/* settle the allocation before the ack: the ack may be the last
+		 * request a pausing vbd waits for, and a renew's reopen then
+		 * closes this image (freeing `s` and `a`) inside it */
 		alloc_finish(s, a);
+		td_complete_request(treq, err);
 		return;
 	}
 	if (!err && io->bitmap_update)

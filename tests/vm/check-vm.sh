@@ -68,7 +68,7 @@ if [ ! -e "$K/.ok" ]; then
 fi
 say "kernel $kpkg $kver"
 # the power-cut guest runs the daemon itself, attached with nbd-client
-EXTRA_PROGS="$BIN/tapdisk-renew $(command -v nbd-client)" \
+EXTRA_PROGS="$BIN/tapdisk-renew $BIN/tap-ctl-renew $(command -v nbd-client)" \
 	"$HERE/mkinitramfs.sh" "$W/initrd.gz" "$K/modules" "$HERE/guest-init" virtio_pci virtio_blk ext4 crc32c_generic nbd ||
 	abort "initramfs"
 
@@ -84,12 +84,14 @@ MINOR=$(echo "$line" | sed -n 's/.*minor=\([0-9]*\).*/\1/p')
 pass "disk served: $line on $SOCK"
 
 # --- KVM when a guest really boots with it (some hosts' /dev/kvm cannot) ---
-qemu() { qemu-system-x86_64 -m 512 -display none -nodefaults -no-reboot -kernel "$K/vmlinuz" "$@"; }
+# an array, not a function: `timeout` runs it, and `&` gives QEMU's own
+# pid (a power cut must kill QEMU, not a subshell waiting for it)
+QEMU=(qemu-system-x86_64 -m 512 -display none -nodefaults -no-reboot -kernel "$K/vmlinuz")
 accel=${VM_ACCEL:-}
 if [ -z "$accel" ]; then
 	accel=tcg
 	if [ -w /dev/kvm ]; then
-		timeout 20 qemu -accel kvm -cpu host -initrd "$W/initrd.gz" -serial "file:$W/probe.log" \
+		timeout 20 "${QEMU[@]}" -accel kvm -cpu host -initrd "$W/initrd.gz" -serial "file:$W/probe.log" \
 			-append "console=ttyS0 panic=-1 renew.probe=1" </dev/null >/dev/null 2>&1
 		grep -q "GUEST: probe ok" "$W/probe.log" 2>/dev/null && accel=kvm
 	fi
@@ -100,7 +102,7 @@ say "accelerator: $accel"
 
 # --- the guest: console through a pair of FIFOs (QEMU opens both read-write) ---
 mkfifo "$W/con.in" "$W/con.out"
-qemu -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
+"${QEMU[@]}" -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
 	-append "console=ttyS0 loglevel=4 panic=-1 renew.disks=vda" \
 	-chardev "pipe,id=con,path=$W/con" -serial chardev:con \
 	-drive "file=nbd+unix:///?socket=$SOCK,format=raw,if=virtio" </dev/null >"$W/qemu.out" 2>&1 &
@@ -195,52 +197,65 @@ check "no daemon or socket left" sh -c "[ -z \"\$('$BIN/tap-ctl-renew' list)\" ]
 check "renew-img check: clean" "$BIN/renew-img" check "$W/disk.vhd"
 check "offline read (renew-img convert) equals the export" \
 	sh -c "'$BIN/renew-img' convert '$W/disk.vhd' - | cmp - '$W/export.raw'"
-# --- a power cut: a guest runs the daemon on an overlay in its own ext4
+# --- power cuts: a guest runs the daemon on an overlay in its own ext4
 # disk and writes through /dev/nbd0, a flush after every 8th write, until
 # QEMU is killed: what the guest's page cache held is lost, as in a power
 # loss, and every write up to the last flush the guest reported must be on
-# its disk (guest-init's powercut) ---
-mkdir -p "$W/pc" "$W/pcout"
-head -c 64M /dev/urandom >"$W/pc/base.raw"
-"$BIN/renew-img" snapshot "$W/pc/base.raw" "$W/pc/vm.vhd" >/dev/null || abort "power cut: snapshot"
-truncate -s 128M "$W/pc.img" && : >"$W/pc-console.log"
-mkfs.ext4 -q -F -d "$W/pc" "$W/pc.img" || abort "power cut: mkfs.ext4 -d"
-qemu -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
-	-append "console=ttyS0 loglevel=4 panic=-1 renew.powercut=vda" -serial "file:$W/pc-console.log" \
-	-drive "file=$W/pc.img,format=raw,if=virtio" </dev/null >"$W/pc-qemu.out" 2>&1 &
-QPID=$!
-flushed() { sed -n 's/^GUEST: flushed \([0-9]*\).*/\1/p' "$W/pc-console.log" | tail -n 1 | grep . || echo 0; }
-# past 640 writes every write rewrites an earlier one; cut at 1300, or at
-# whatever was reached after 300 s of writing
-n=0
-while [ "$(flushed)" -lt 1300 ] && [ $n -lt 600 ] && kill -0 "$QPID" 2>/dev/null &&
-	! grep -q GUEST-FAIL "$W/pc-console.log"; do sleep 0.5; n=$((n + 1)); done
-sleep "0.$((RANDOM % 10))"
-kill -9 "$QPID" 2>/dev/null
-wait "$QPID" 2>/dev/null
-QPID=""
-N=$(flushed)
-grep "GUEST-FAIL" "$W/pc-console.log" && fail "power-cut guest reported failures"
-if [ "$N" -lt 640 ]; then
-	fail "power cut: the guest reached only $N flushed writes (want 640 or more)"; tail -n 20 "$W/pc-console.log"
-else
+# its disk (guest-init's powercut). Once plain, once with live renews
+# running back to back, so that the cut may fall inside one ---
+# powercut DIR NAME [KERNEL-ARGS]: one guest, one cut, the checks; its
+# files in $W/DIR.
+powercut() {
+	local d=$W/$1 name=$2 extra=${3:-} n N rc out spid
+	mkdir -p "$d/in" "$d/out"
+	head -c 64M /dev/urandom >"$d/in/base.raw"
+	"$BIN/renew-img" snapshot "$d/in/base.raw" "$d/in/vm.vhd" >/dev/null || { fail "$name: snapshot"; return; }
+	truncate -s 128M "$d/disk.img" && : >"$d/console.log"
+	mkfs.ext4 -q -F -d "$d/in" "$d/disk.img" || { fail "$name: mkfs.ext4 -d"; return; }
+	"${QEMU[@]}" -accel "$accel" -cpu $cpu -smp 1 -initrd "$W/initrd.gz" \
+		-append "console=ttyS0 loglevel=4 panic=-1 renew.powercut=vda $extra" -serial "file:$d/console.log" \
+		-drive "file=$d/disk.img,format=raw,if=virtio" </dev/null >"$d/qemu.out" 2>&1 &
+	QPID=$!
+	flushed() { sed -n 's/^GUEST: flushed \([0-9]*\).*/\1/p' "$d/console.log" | tail -n 1 | grep . || echo 0; }
+	# past 640 writes every write rewrites an earlier one; cut at 1300,
+	# or at whatever was reached after 300 s of writing
+	n=0
+	while [ "$(flushed)" -lt 1300 ] && [ $n -lt 600 ] && kill -0 "$QPID" 2>/dev/null &&
+		! grep -q GUEST-FAIL "$d/console.log"; do sleep 0.5; n=$((n + 1)); done
+	sleep "0.$((RANDOM % 10))"
+	kill -9 "$QPID" 2>/dev/null
+	wait "$QPID" 2>/dev/null
+	if kill -0 "$QPID" 2>/dev/null || pgrep -f "file=$d/disk.img" >/dev/null; then
+		fail "$name: QEMU still runs after kill -9"; return
+	fi
+	QPID=""
+	N=$(flushed)
+	grep "GUEST-FAIL" "$d/console.log" && fail "$name: the guest reported failures"
+	if [ "$N" -lt 640 ]; then
+		fail "$name: the guest reached only $N flushed writes (want 640 or more)"; tail -n 20 "$d/console.log"
+		return
+	fi
+	renews=$(grep -c "^GUEST: renewed" "$d/console.log")
 	# e2fsck replays the guest's journal, as the next mount would
-	e2fsck -fy "$W/pc.img" >"$W/pc-fsck.out" 2>&1
+	e2fsck -fy "$d/disk.img" >"$d/fsck.out" 2>&1
 	rc=$?
-	check "power cut after $N flushed writes: the guest's ext4 recovers (e2fsck -fy exit $rc)" [ $rc -le 1 ]
-	debugfs -R "dump /vm.vhd $W/pcout/vm.vhd" "$W/pc.img" >/dev/null 2>&1
-	debugfs -R "dump /base.raw $W/pcout/base.raw" "$W/pc.img" >/dev/null 2>&1
-	check "power cut: renew-img check of the overlay: $("$BIN/renew-img" check "$W/pcout/vm.vhd" 2>&1 | tr '\n' ' ')" \
-		"$BIN/renew-img" check "$W/pcout/vm.vhd"
-	rm -f "$W/pc.sock"
-	"$BIN/tapdisk-renew" --serve "renew:$W/pcout/vm.vhd" --socket "$W/pc.sock" 2>>"$W/pc-tapdisk.log" &
+	check "$name after $N flushed writes ($renews renews): the guest's ext4 recovers (e2fsck -fy exit $rc)" [ $rc -le 1 ]
+	debugfs -R "ls -l /" "$d/disk.img" >"$d/ls.out" 2>&1
+	debugfs -R "dump /vm.vhd $d/out/vm.vhd" "$d/disk.img" >/dev/null 2>&1
+	debugfs -R "dump /base.raw $d/out/base.raw" "$d/disk.img" >/dev/null 2>&1
+	check "$name: renew-img check of the overlay: $("$BIN/renew-img" check "$d/out/vm.vhd" 2>&1 | tr '\n' ' ')" \
+		"$BIN/renew-img" check "$d/out/vm.vhd"
+	rm -f "$d/s.sock"
+	"$BIN/tapdisk-renew" --serve "renew:$d/out/vm.vhd" --socket "$d/s.sock" 2>>"$d/tapdisk.log" &
 	spid=$!
-	n=0; while [ ! -S "$W/pc.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
-	nbdcopy "nbd+unix:///?socket=$W/pc.sock" "$W/pc-export.raw" 2>"$W/nbdcopy.err" ||
-		fail "power cut: nbdcopy: $(cat "$W/nbdcopy.err")"
+	n=0; while [ ! -S "$d/s.sock" ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+	nbdcopy "nbd+unix:///?socket=$d/s.sock" "$d/export.raw" 2>"$d/nbdcopy.err" ||
+		fail "$name: nbdcopy: $(cat "$d/nbdcopy.err")"
 	kill "$spid"; wait "$spid" 2>/dev/null
-	out=$(python3 "$HERE/powercut-verify.py" "$W/pc-export.raw" "$W/pc/base.raw" "$N" 2>&1)
+	out=$(python3 "$HERE/powercut-verify.py" "$d/export.raw" "$d/in/base.raw" "$N" 2>&1)
 	rc=$?
-	check "power cut: $out" [ $rc = 0 ]
-fi
+	check "$name: $out" [ $rc = 0 ]
+}
+powercut pc "power cut"
+powercut pc-renew "power cut during renews" renew.renews=1
 say "done"
