@@ -683,14 +683,14 @@ static void write_allocate(struct renew_state *s, td_request_t p, uint32_t blk)
  * walked once per open (held_solid): a block allocated in this open, or
  * found solid, stays solid, since every sector it gains is written through
  * the data descriptor. Only in a block with holes under held sectors (a
- * sparse copy) is each piece's range asked. */
+ * sparse copy), or where the filesystem has no FIEMAP (tmpfs), is each
+ * piece's range asked. */
 static int piece_solid(struct renew_state *s, uint32_t blk, const uint8_t *bm, td_request_t p)
 {
 	uint8_t bits = solid_bits(s, blk);
-	int r;
 
-	if (!(bits & 1) && (r = held_solid(s, blk, full_test(s, blk) ? NULL : bm)) >= 0) {
-		bits = (uint8_t)(1 | (r ? 2 : 0));
+	if (!(bits & 1)) {
+		bits = held_solid(s, blk, full_test(s, blk) ? NULL : bm) > 0 ? 3 : 1;
 		solid_set(s, blk, bits);
 	}
 	if (bits & 2)

@@ -19,7 +19,7 @@ X=$T/x
 randfile "$X/base.raw" 256
 img snapshot "$X/base.raw" "$X/ov.vhd" >/dev/null || fail snapshot
 
-# 4k writes at random over 128 blocks (first writes allocate, later ones
+# 4k writes at random over 32 blocks (first writes allocate, later ones
 # fill holes), four connections, verified; then rewritten and verified
 # again, from a restarted daemon whose blocks are all from an earlier open
 serve "renew:$X/ov.vhd" "$T/s.sock"
