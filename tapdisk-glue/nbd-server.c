@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
+#include "iobuf.h"
 #include "nbd-proto.h"
 #include "nbd-server.h"
 #include "scheduler.h"
@@ -20,7 +21,7 @@
 #define MAX_INFLIGHT    256            /* requests per connection before we stop reading */
 #define MAX_BUFFERED    (128u << 20)   /* bytes of buffers per connection, likewise */
 #define MAX_CONNS       1024           /* per export */
-#define POOL_BUF_MAX    (1u << 20)     /* buffers kept for reuse up to this size */
+#define POOL_BUF_MAX    (2u << 20)     /* buffers kept for reuse up to this size */
 #define POOL_BYTES_MAX  (32u << 20)    /* and up to this much per connection */
 #define READ_BUDGET     (4u << 20)     /* bytes read per wakeup: fairness between clients */
 #define HANDSHAKE_MS    60000          /* a handshake must finish in this time */
@@ -413,7 +414,6 @@ static int handshake_step(struct nbd_conn *c)
 static struct nbd_req *req_get(struct nbd_conn *c, size_t len)
 {
 	struct nbd_req *r = c->pool;
-	size_t cap = (len + 4095) & ~(size_t)4095;
 
 	if (r) {
 		c->pool = r->next_free;
@@ -422,18 +422,13 @@ static struct nbd_req *req_get(struct nbd_conn *c, size_t len)
 	} else if (!(r = calloc(1, sizeof(*r)))) {
 		return NULL;
 	}
-	if (cap > r->cap) {
-		void *p;
-
-		free(r->buf);
-		r->buf = NULL;
+	if (len > r->cap) {
+		iobuf_free(r->buf, r->cap);
 		r->cap = 0;
-		if (posix_memalign(&p, 4096, cap)) {
+		if (!(r->buf = iobuf_alloc(len, &r->cap))) {
 			free(r);
 			return NULL;
 		}
-		r->buf = p;
-		r->cap = cap;
 	}
 	r->conn = c;
 	r->error = 0;
@@ -451,7 +446,7 @@ static void req_put(struct nbd_conn *c, struct nbd_req *r)
 	c->inflight--;
 	c->buffered -= r->cap;
 	if (c->dead || r->cap > POOL_BUF_MAX || c->pool_bytes + r->cap > POOL_BYTES_MAX) {
-		free(r->buf);
+		iobuf_free(r->buf, r->cap);
 		r->buf = NULL;
 		r->cap = 0;
 	}
@@ -917,7 +912,7 @@ static void conn_close(struct nbd_conn *c)
 		struct nbd_req *r = c->pool;
 
 		c->pool = r->next_free;
-		free(r->buf);
+		iobuf_free(r->buf, r->cap);
 		free(r);
 	}
 	free(c->in);
