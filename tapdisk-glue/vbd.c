@@ -342,6 +342,8 @@ void tapdisk_vbd_free(td_vbd_t *vbd)
 		return; /* could not close: leak rather than free what is in use */
 	/* deferred completions of this vbd have been delivered or are not ours */
 	list_del(&vbd->entry);
+	if (vbd->quiesce_timer)
+		sched_cancel_timer(vbd->quiesce_timer);
 	while (vbd->waiters) {
 		struct vbd_waiter *w = vbd->waiters;
 
@@ -392,7 +394,6 @@ static void vreq_callback(td_vbd_request_t *vreq)
 	nesting--;
 }
 
-/* Once nothing is in flight, a pausing vbd is paused: say so. */
 /* Tell every waiter, in the order they asked. */
 static void call_waiters(td_vbd_t *vbd)
 {
@@ -406,19 +407,47 @@ static void call_waiters(td_vbd_t *vbd)
 	}
 }
 
+/* Once nothing is in flight, a pausing vbd is paused: tell its waiters. */
 static void check_quiesced(td_vbd_t *vbd)
 {
-	if (vbd->state != VBD_PAUSING || vbd_busy(vbd))
+	if (vbd->state == VBD_PAUSING && !vbd_busy(vbd))
+		vbd->state = VBD_PAUSED;
+	if (vbd->state == VBD_PAUSED)
+		call_waiters(vbd);
+}
+
+static void quiesce_timer_cb(void *arg)
+{
+	td_vbd_t *vbd = arg;
+
+	vbd->quiesce_timer = 0;
+	check_quiesced(vbd);
+}
+
+/* Every path that may quiesce a vbd ends here, and the waiters are told
+ * from the loop, never inside the call that made the vbd idle. That call
+ * is most often a request's completion, with the driver's own code still
+ * below it on the stack; a waiter may close the image (a renew's reopen
+ * does), and that code would then run on freed state. */
+static void quiesce_soon(td_vbd_t *vbd)
+{
+	int t, due = vbd->state == VBD_PAUSING ? !vbd_busy(vbd) :
+		       vbd->state == VBD_PAUSED && vbd->waiters;
+
+	if (!due || vbd->quiesce_timer)
 		return;
-	vbd->state = VBD_PAUSED;
-	call_waiters(vbd);
+	t = sched_timer(0, quiesce_timer_cb, vbd);
+	if (t > 0)
+		vbd->quiesce_timer = t;
+	else
+		EPRINTF("pause: minor %d: out of memory; its waiters are not told", vbd->minor);
 }
 
 void tapdisk_vbd_behind(td_vbd_t *vbd, int delta)
 {
 	vbd->behind += (unsigned)delta;
 	if (!vbd->behind)
-		check_quiesced(vbd);
+		quiesce_soon(vbd);
 }
 
 /* Account a finished request and call its client back. */
@@ -447,7 +476,7 @@ static void vreq_finish(td_vbd_request_t *vreq, int err)
 	if (lat > st->lat_ns_max)
 		st->lat_ns_max = lat;
 	vreq_callback(vreq);
-	check_quiesced(vbd);
+	quiesce_soon(vbd);
 }
 
 /* The piece's completion, from the driver through td_complete_request. */
@@ -739,11 +768,6 @@ static void vbd_quiesce(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *a
 {
 	struct vbd_waiter *w, **tail = &vbd->waiters;
 
-	if (vbd->state == VBD_PAUSED && !vbd->waiters) {
-		if (done)
-			done(vbd, arg);
-		return;
-	}
 	w = calloc(1, sizeof(*w));
 	if (w) {
 		w->done = done;
@@ -756,7 +780,7 @@ static void vbd_quiesce(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *a
 	}
 	if (vbd->state == VBD_RUNNING)
 		vbd->state = VBD_PAUSING;
-	check_quiesced(vbd);
+	quiesce_soon(vbd);
 }
 
 void tapdisk_vbd_pause(td_vbd_t *vbd, void (*done)(td_vbd_t *, void *), void *arg)

@@ -64,6 +64,7 @@ struct td_vbd_handle {
 	struct list_head inflight;
 	struct td_vbd_stats stats;
 	struct vbd_waiter *waiters; /* told when the vbd is quiesced */
+	int quiesce_timer;       /* set: the waiters are told on the loop's next turn */
 	int admin_paused;        /* tap-ctl pause (a flag: pause is idempotent) */
 	int holds;               /* internal pauses (renew, shutdown): counted */
 	int flush_gate;          /* closed: flushes wait (renew's directory sync) */

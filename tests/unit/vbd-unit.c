@@ -1,7 +1,8 @@
 /* Unit tests of the runtime: the vbd request engine over the aio driver
  * (read/write/zeroes/flush/FUA, range and permission checks, pause with
  * held requests, unpause with reopen and a failed reopen, deep chains of
- * synchronous completions) and td_forward_request past the last image. */
+ * synchronous completions), a reopen ending a pause whose last request
+ * allocated an overlay block, and td_forward_request past the last image. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 #include "scheduler.h"
 #include "vbd.h"
+#include "vhd.h"
 
 static int failures;
 static char dir[256];
@@ -273,9 +275,12 @@ static void test_pause(void)
 	CHECK(w.done == 40 && !w.err, "held requests done: %d err %d", w.done, w.err);
 	for (i = 0; i < 40; i++)
 		CHECK(all(bufs[i], 65536, i < 20 ? 1 : 2), "request %d read the %s image", i, i < 20 ? "old" : "new");
-	/* pausing an idle vbd is immediate; unpause without params resumes */
+	/* pausing an idle vbd is told on the loop's next turn, not inside
+	 * the call; unpause without params resumes */
 	ps.quiesced = 0;
 	tapdisk_vbd_pause(vbd, on_quiesced, &ps);
+	CHECK(!ps.quiesced, "an idle pause is not told inside the call");
+	run_for(1);
 	CHECK(ps.quiesced == 1 && vbd->state == VBD_PAUSED, "idle pause");
 	CHECK(tapdisk_vbd_unpause(vbd, NULL, err, sizeof(err)) == 0 && vbd->state == VBD_RUNNING, "resume");
 	/* held requests fail when the vbd closes */
@@ -304,6 +309,7 @@ static void test_holds_and_gate(void)
 	CHECK(tapdisk_vbd_open(vbd, disk, 0, err, sizeof(err)) == 0, "open: %s", err);
 	tapdisk_vbd_hold(vbd, on_quiesced, &ps);
 	tapdisk_vbd_pause(vbd, on_quiesced, &ps);
+	run_for(1);
 	CHECK(ps.quiesced == 2 && vbd->state == VBD_PAUSED, "hold and pause both quiesced");
 	CHECK(tapdisk_vbd_unpause(vbd, NULL, err, sizeof(err)) == 0 && vbd->state == VBD_PAUSED,
 	      "an admin unpause leaves the hold in place");
@@ -392,6 +398,64 @@ static void fwd_cb(td_request_t treq, int err)
 	fwd_err = err;
 }
 
+struct reopen_state {
+	td_vbd_t *vbd;
+	const char *params;
+	int reopened;
+	char err[512];
+};
+
+/* Quiesced: reopen the image, as a renew's swap does. */
+static void reopen_when_quiesced(td_vbd_t *vbd, void *arg)
+{
+	struct reopen_state *r = arg;
+
+	r->reopened = tapdisk_vbd_release(vbd, r->params, r->err, sizeof(r->err)) == 0 ? 1 : -1;
+	if (looping)
+		sched_stop();
+}
+
+/* A renew's pause whose last request in flight allocates an overlay
+ * block: the reopen that ends the pause closes the image, and must not run
+ * inside that write's completion, where the driver still holds its state
+ * (under ASan a use-after-free shows here). The write lands, and the
+ * reopened image reads it. */
+static void test_reopen_after_allocating_write(void)
+{
+	td_vbd_t *vbd = tapdisk_vbd_create(7);
+	const char *base = make_disk("alloc-base.raw", 4 << 20, 4);
+	char ov[512], params[600];
+	struct reopen_state r = { vbd, params, 0, "" };
+	td_vbd_request_t v;
+	struct waiter w = { 0, 0, 1 };
+	char *buf = buffer(65536, 5);
+	char err[512];
+	int fired = 0, t;
+
+	snprintf(ov, sizeof(ov), "%s/alloc.vhd", dir);
+	snprintf(params, sizeof(params), "renew:%s", ov);
+	CHECK(vhd_snapshot(base + 4, ov) == 0, "snapshot %s: %s", ov, vhd_errmsg());
+	CHECK(tapdisk_vbd_open(vbd, params, 0, err, sizeof(err)) == 0, "open: %s", err);
+	queue(vbd, &v, VBD_OP_WRITE, buf, 2048, 128, &w); /* a new block */
+	tapdisk_vbd_hold(vbd, reopen_when_quiesced, &r);
+	CHECK(vbd->state == VBD_PAUSING && !r.reopened, "holding with the write in flight");
+	t = sched_timer(10000, timeout_cb, &fired);
+	looping = 1;
+	if (!r.reopened)
+		sched_run();
+	looping = 0;
+	sched_cancel_timer(t);
+	CHECK(!fired && r.reopened == 1 && w.done == 1 && !w.err,
+	      "reopened after the write: %d (%s), write %d err %d", r.reopened, r.err, w.done, w.err);
+	w = (struct waiter){ 0, 0, 1 };
+	memset(buf, 0, 65536);
+	queue(vbd, &v, VBD_OP_READ, buf, 2048, 128, &w);
+	run(&w);
+	CHECK(!w.err && all(buf, 65536, 5), "the reopened overlay holds the write: %d", w.err);
+	tapdisk_vbd_free(vbd);
+	free(buf);
+}
+
 static void test_forward(void)
 {
 	td_image_t image = { 0 };
@@ -432,6 +496,7 @@ int main(void)
 	test_read_only();
 	test_pause();
 	test_holds_and_gate();
+	test_reopen_after_allocating_write();
 	test_deep_chain();
 	test_forward();
 	td_aio_fini();
