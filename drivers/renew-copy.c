@@ -16,10 +16,16 @@
  * write older data over a newer guest write in the parent, which the swap
  * would then expose.
  *
- * The swap (paused, see renew-job.c): parent durable, rename(fresh, path)
- * (the commit point), directory durable. Until the rename the disk is the
- * old overlay over a parent holding extra data the overlay hides; after
- * it, the fresh overlay over a complete parent: the same bytes either way.
+ * The swap (see renew-job.c): the parent is made durable before the
+ * pause (every copied sector); the pause holds only rename(fresh, path),
+ * the commit point; after the resume the parent is synced again (the
+ * guest's last write-through writes) and then the directory, while guest
+ * flushes wait for both. No sync sits in the pause, and nothing a flush
+ * promised hangs on the late one: a copied sector was durable before the
+ * rename, and a write acked after the first sync is durable only once a
+ * flush returns. Until the rename the disk is the old overlay over a
+ * parent holding extra data the overlay hides; after it, the fresh overlay
+ * over a complete parent: the same bytes either way.
  */
 #include <dirent.h>
 #include <errno.h>
