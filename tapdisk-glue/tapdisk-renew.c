@@ -18,6 +18,7 @@
 #include <unistd.h>
 #include "control.h"
 #include "nbd-server.h"
+#include "renew-job.h"
 #include "scheduler.h"
 #include "vbd.h"
 
@@ -138,7 +139,17 @@ static void shutdown_all(void)
 
 	list_for_each_safe(p, n, tapdisk_vbd_list()) {
 		td_vbd_t *vbd = list_entry(p, td_vbd_t, entry);
+		struct renew_status st;
 
+		/* say so: an admin who stops the daemon mid-renew must not take
+		 * the silence for a finished renew */
+		if (tapdisk_renew_running(vbd) && !tapdisk_renew_status(vbd, &st))
+			tlog(TLOG_WARN, "minor %d (%s): %s", vbd->minor, vbd->params,
+			     st.state == RENEW_RECORDING || st.state == RENEW_REOPENING ?
+			     "renew stopped after its swap: the fresh overlay is the disk; a history "
+			     "record left pending is completed by the next history operation" :
+			     "renew abandoned before its swap: the old overlay is still the disk and "
+			     "nothing is lost; run the renew again");
 		tapdisk_nbd_unexport(vbd);
 		tapdisk_vbd_close(vbd);
 		tapdisk_vbd_free(vbd);

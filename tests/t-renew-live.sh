@@ -3,7 +3,8 @@
 # acknowledged write reads back (including writes racing the copy of their
 # block), the disk's bytes are the same before and after, the overlay is a
 # new inode and the old one is open nowhere; a second renew, close and
-# destroy are refused while one runs; pause holds the swap.
+# destroy are refused while one runs; pause holds the swap; a SIGTERM
+# mid-renew exits cleanly, says so, and loses nothing.
 . "$(dirname "$0")/lib.sh"
 
 randfile "$T/base.raw" 64
@@ -85,6 +86,31 @@ img check "$T/vm.vhd" >/dev/null || fail "check after the renews"
 img convert "$T/vm.vhd" "$T/conv"
 same "$T/conv" "$T/slow-after"
 ok "after destroy the image checks clean and converts to the same bytes"
+
+# SIGTERM in the middle of a renew: the daemon drains, says the renew was
+# abandoned, exits 0; restarted, it serves the same bytes and renews them
+randfile "$T/t-base.raw" 32
+img snapshot "$T/t-base.raw" "$T/t.vhd" >/dev/null || fail "snapshot t"
+serve "renew:$T/t.vhd" "$T/t.sock"
+fio --name=fill --ioengine=nbd --uri="$(nbd_uri "$T/t.sock")" --rw=randwrite --bs=64k --size=32M \
+	--iodepth=8 --output=/dev/null || fail "fio fill t"
+export_to "$T/t.sock" "$T/t-before"
+tapctl renew -p "$SPID" -m 0 --rate 2 >/dev/null || fail "slow renew of t"
+wait_for 20 sh -c "$BIN/tap-ctl-renew stats -p $SPID -m 0 | grep -q '\"state\": \"copying\"'" ||
+	fail "the renew of t never copied"
+unserve "$SPID" "$T/t.sock"
+grep -q "minor 0 (renew:$T/t.vhd): renew abandoned before its swap: the old overlay is still the disk" \
+	"$T/tapdisk.log" || { tail -5 "$T/tapdisk.log"; fail "no word of the abandoned renew"; }
+img check "$T/t.vhd" >/dev/null || fail "check after SIGTERM mid-renew"
+serve "renew:$T/t.vhd" "$T/t.sock"
+export_to "$T/t.sock" "$T/t-restarted"
+same "$T/t-restarted" "$T/t-before"
+tapctl renew -p "$SPID" -m 0 --wait >/dev/null || fail "renew after the restart"
+export_to "$T/t.sock" "$T/t-renewed"
+same "$T/t-renewed" "$T/t-before"
+same "$T/t-base.raw" "$T/t-before"
+unserve "$SPID" "$T/t.sock"
+ok "SIGTERM mid-renew: exit 0, the abandoned renew logged, same bytes after a restart, renew then completes"
 
 # the parent's filesystem fills up during the commit: the renew fails with
 # a clear error, the guest keeps running on its overlay, nothing is lost
