@@ -1,12 +1,14 @@
 /* I/O buffers for requests.
  *
- * Every buffer is 4 KiB-aligned, for O_DIRECT. One of 1 MiB or more is
- * mapped on its own, 2 MiB-aligned and rounded up to 2 MiB, and asked to
- * sit on transparent huge pages. A 1 MiB read is pinned for the direct
- * read and then copied into the client's socket; on 4 KiB pages both walk
- * 256 pages, and that walk was most of the daemon's time on 1 MiB reads.
- * Rounding up costs at most twice the memory, and only for big requests,
- * whose bytes the NBD server counts against its per-connection limits.
+ * Every buffer is 4 KiB-aligned, for O_DIRECT. One of 1 to 2 MiB is one
+ * huge page: mapped on its own, 2 MiB-aligned, and asked to sit on
+ * transparent huge pages. A 1 MiB read is pinned for the direct read and
+ * then copied into the client's socket; on 4 KiB pages both walk 256
+ * pages, and that walk was most of the daemon's time on 1 MiB reads.
+ * Rounding up costs at most twice the memory, which the NBD server counts
+ * against its per-connection limits. Bigger buffers stay on small pages:
+ * the server does not pool them, and the first touch of a huge page may
+ * compact memory, a cost to pay once per pooled buffer, not per request.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -42,8 +44,8 @@ void *iobuf_alloc(size_t len, size_t *cap)
 {
 	void *p;
 
-	if (len >= HUGE_MIN) {
-		*cap = (len + HUGE_SIZE - 1) & ~(size_t)(HUGE_SIZE - 1);
+	if (len >= HUGE_MIN && len <= HUGE_SIZE) {
+		*cap = HUGE_SIZE;
 		return huge_map(*cap);
 	}
 	*cap = (len + SMALL_ALIGN - 1) & ~(size_t)(SMALL_ALIGN - 1);
@@ -56,7 +58,7 @@ void iobuf_free(void *buf, size_t cap)
 {
 	if (!buf)
 		return;
-	if (cap >= HUGE_MIN)
+	if (cap == HUGE_SIZE) /* only huge_map gives exactly this size */
 		munmap(buf, cap);
 	else
 		free(buf);
