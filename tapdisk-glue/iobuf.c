@@ -20,10 +20,10 @@
 #define HUGE_SIZE  (2u << 20)
 #define SMALL_ALIGN 4096
 
-/* A 2 MiB-aligned mapping: map one huge page more, trim both ends. */
-static void *huge_map(size_t cap)
+/* One 2 MiB-aligned huge page: map twice its size, trim both ends. */
+static void *huge_map(void)
 {
-	uint8_t *p = mmap(NULL, cap + HUGE_SIZE, PROT_READ | PROT_WRITE,
+	uint8_t *p = mmap(NULL, 2 * HUGE_SIZE, PROT_READ | PROT_WRITE,
 			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	uintptr_t start;
 	size_t head;
@@ -34,9 +34,9 @@ static void *huge_map(size_t cap)
 	head = start - (uintptr_t)p;
 	if (head)
 		munmap(p, head);
-	munmap((uint8_t *)start + cap, HUGE_SIZE - head);
+	munmap((uint8_t *)start + HUGE_SIZE, HUGE_SIZE - head);
 	/* only a hint: without huge pages the buffer works as well */
-	(void)madvise((void *)start, cap, MADV_HUGEPAGE);
+	(void)madvise((void *)start, HUGE_SIZE, MADV_HUGEPAGE);
 	return (void *)start;
 }
 
@@ -46,7 +46,7 @@ void *iobuf_alloc(size_t len, size_t *cap)
 
 	if (len >= HUGE_MIN && len <= HUGE_SIZE) {
 		*cap = HUGE_SIZE;
-		return huge_map(*cap);
+		return huge_map();
 	}
 	*cap = (len + SMALL_ALIGN - 1) & ~(size_t)(SMALL_ALIGN - 1);
 	if (!*cap)

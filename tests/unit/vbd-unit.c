@@ -411,8 +411,6 @@ static void reopen_when_quiesced(td_vbd_t *vbd, void *arg)
 	struct reopen_state *r = arg;
 
 	r->reopened = tapdisk_vbd_release(vbd, r->params, r->err, sizeof(r->err)) == 0 ? 1 : -1;
-	if (looping)
-		sched_stop();
 }
 
 /* A renew's pause whose last request in flight allocates an overlay
@@ -430,7 +428,6 @@ static void test_reopen_after_allocating_write(void)
 	struct waiter w = { 0, 0, 1 };
 	char *buf = buffer(65536, 5);
 	char err[512];
-	int fired = 0, t;
 
 	snprintf(ov, sizeof(ov), "%s/alloc.vhd", dir);
 	snprintf(params, sizeof(params), "renew:%s", ov);
@@ -439,13 +436,9 @@ static void test_reopen_after_allocating_write(void)
 	queue(vbd, &v, VBD_OP_WRITE, buf, 2048, 128, &w); /* a new block */
 	tapdisk_vbd_hold(vbd, reopen_when_quiesced, &r);
 	CHECK(vbd->state == VBD_PAUSING && !r.reopened, "holding with the write in flight");
-	t = sched_timer(10000, timeout_cb, &fired);
-	looping = 1;
-	if (!r.reopened)
-		sched_run();
-	looping = 0;
-	sched_cancel_timer(t);
-	CHECK(!fired && r.reopened == 1 && w.done == 1 && !w.err,
+	run(&w);
+	run_for(1); /* the waiter is told on the loop's next turn */
+	CHECK(r.reopened == 1 && w.done == 1 && !w.err,
 	      "reopened after the write: %d (%s), write %d err %d", r.reopened, r.err, w.done, w.err);
 	w = (struct waiter){ 0, 0, 1 };
 	memset(buf, 0, 65536);

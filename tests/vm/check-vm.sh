@@ -206,7 +206,7 @@ check "offline read (renew-img convert) equals the export" \
 # powercut DIR NAME [KERNEL-ARGS]: one guest, one cut, the checks; its
 # files in $W/DIR.
 powercut() {
-	local d=$W/$1 name=$2 extra=${3:-} n N rc out spid
+	local d=$W/$1 name=$2 extra=${3:-} n N rc out spid renews
 	mkdir -p "$d/in" "$d/out"
 	head -c 64M /dev/urandom >"$d/in/base.raw"
 	"$BIN/renew-img" snapshot "$d/in/base.raw" "$d/in/vm.vhd" >/dev/null || { fail "$name: snapshot"; return; }
