@@ -102,19 +102,9 @@ static int aio_open_fd(const char *path, td_flag_t flags, int *direct)
 /* Lock the file: shared for a parent others may share, else exclusive. */
 static int aio_lock(int fd, const char *path, td_flag_t flags)
 {
-	int shared = flags & TD_OPEN_SHAREABLE;
-
 	if (flags & TD_OPEN_NOLOCK)
 		return 0;
-	if (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) == 0)
-		return 0;
-	if (errno == EWOULDBLOCK) {
-		EPRINTF("lock: %s: in use by another process (%s lock refused)", path,
-			shared ? "shared" : "exclusive");
-		return -EBUSY;
-	}
-	EPRINTF("lock: %s: %m", path);
-	return -errno;
+	return td_lock_image(fd, path, (flags & TD_OPEN_SHAREABLE) != 0);
 }
 
 /* The size in bytes of a regular file or a block device. */

@@ -863,19 +863,9 @@ static int open_data_fd(const char *path, int rdonly, td_flag_t flags)
 /* Shared for parents, exclusive for the overlay a disk writes. */
 static int lock_image(struct renew_state *s, const char *path)
 {
-	int op = s->rdonly ? LOCK_SH : LOCK_EX;
-
 	if (s->drv->flags & TD_OPEN_NOLOCK)
 		return 0;
-	if (flock(s->vhd.fd, op | LOCK_NB) == 0)
-		return 0;
-	if (errno == EWOULDBLOCK) {
-		EPRINTF("open: %s: in use by another disk or process (%s lock refused)",
-			path, s->rdonly ? "shared" : "exclusive");
-		return -EBUSY;
-	}
-	EPRINTF("open: %s: lock: %s", path, strerror(errno));
-	return -errno;
+	return td_lock_image(s->vhd.fd, path, s->rdonly);
 }
 
 static void renew_free(struct renew_state *s)

@@ -208,6 +208,11 @@ void td_renew_swapped(struct td_renew_job *job, int err);
 td_driver_t *td_driver_open(int type, const char *path, td_flag_t flags, char *err, size_t errlen);
 void td_driver_close(td_driver_t *drv);
 
+/* Lock an image a disk opens (flock: shared for a parent, else exclusive).
+ * A holder that is exiting is waited for; any other holder is refused at
+ * once, named in the message. Returns 0, -EBUSY or another -errno. */
+int td_lock_image(int fd, const char *path, int shared);
+
 /* Fault injection for crash and error tests: RENEW_FAULT=POINT[:N[:ACTION]]
  * makes the N-th pass (default 1) through POINT kill the process
  * (ACTION kill, the default) or fail with EIO / ENOSPC (eio, enospc).

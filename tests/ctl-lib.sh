@@ -4,10 +4,12 @@
 mkraw() {
 	python3 -c 'import sys; open(sys.argv[1], "wb").write(bytes([int(sys.argv[2], 0)]) * int(sys.argv[3]))' "$1" "$2" "$3"
 }
-# gone PID: the process has ended (or is a zombie nobody reaped yet).
+# gone PID: the process has ended (or is a zombie nobody reaped yet): its
+# main thread is a zombie and no other thread is left.
 gone() {
 	[ ! -e "/proc/$1" ] && return 0
-	awk '{ sub(/.*\) /, ""); exit !($1 == "Z" || $1 == "X") }' "/proc/$1/stat" 2>/dev/null
+	awk '{ sub(/.*\) /, ""); exit !($1 == "Z" || $1 == "X") }' "/proc/$1/stat" 2>/dev/null &&
+		[ "$(ls "/proc/$1/task" 2>/dev/null | wc -l)" -le 1 ]
 }
 # lsrun: the run directory's entries, one a line (empty when clean).
 lsrun() { ls -A "$RENEW_RUNDIR" | grep -v '^\.create\.lock$' || true; }

@@ -1,4 +1,5 @@
 /* Calling a daemon and reporting failures as "tap-ctl-renew: VERB: why". */
+#include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -80,6 +81,24 @@ int simple_verb(const struct opts *o, const char *verb, int pid, int minor)
 	return rc;
 }
 
+/* Threads `pid` still has, its main thread included; 0 when it has none. */
+static int pid_threads(int pid)
+{
+	char path[64];
+	struct dirent *de;
+	int n = 0;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	if (!(d = opendir(path)))
+		return 0;
+	while ((de = readdir(d)))
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* Is the daemon running, its main thread not yet a zombie? */
 int pid_alive(int pid)
 {
 	char path[64], buf[512], *p;
@@ -99,11 +118,19 @@ int pid_alive(int pid)
 	return alive;
 }
 
+/* Has the daemon ended? Its main thread being a zombie is not enough:
+ * another thread may still be inside a system call (closing a deleted
+ * overlay can take seconds), holding the image's lock. */
+static int pid_gone(int pid)
+{
+	return !pid_alive(pid) && pid_threads(pid) <= 1;
+}
+
 int wait_pid_gone(int pid, int ms)
 {
 	struct timespec ts = { 0, 20 * 1000000 };
 
-	for (int waited = 0; pid_alive(pid); waited += 20) {
+	for (int waited = 0; !pid_gone(pid); waited += 20) {
 		if (waited >= ms)
 			return -1;
 		nanosleep(&ts, NULL);

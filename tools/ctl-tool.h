@@ -63,9 +63,10 @@ int call_quiet(int pid, const struct ctl_msg *req, struct ctl_msg *rep, int time
 	       char *err, size_t errlen);
 /* A simple verb on (pid, minor); 0 or -1 (printed). */
 int simple_verb(const struct opts *o, const char *verb, int pid, int minor);
-/* 1 while process `pid` exists and is not a zombie. */
+/* 1 while process `pid` exists and its main thread is not a zombie. */
 int pid_alive(int pid);
-/* Wait up to `ms` for `pid` to end; 0 once gone, -1 on timeout. */
+/* Wait up to `ms` for `pid` to end, every thread of it; 0 once gone, -1
+ * on timeout. */
 int wait_pid_gone(int pid, int ms);
 
 /* ctl-spawn.c */
