@@ -3,6 +3,7 @@
 #   make check           install test dependencies when missing, run every test
 #   make check SANITIZE=1   the same under ASan + UBSan
 #   make check VALGRIND=1   the same with the daemon and tools under valgrind
+#   make soak            a long randomized soak of a live disk (SOAK_SECS=600)
 #   make install PREFIX=/usr/local DESTDIR=
 
 CC      ?= cc
@@ -80,6 +81,11 @@ check: deps all
 check-vm: all
 	@BINDIR=$(BINDIR) tests/vm/check-vm.sh
 
+# A long randomized soak of a live disk (tests/soak.py): SOAK_SECS, SOAK_SEED.
+soak: deps all
+	@BUILD=$(BUILD) BINDIR=$(BINDIR) SOAK_SECS=$${SOAK_SECS:-600} SOAK_SEED=$${SOAK_SEED:-random} \
+		TEST_TIMEOUT=$$(( $${SOAK_SECS:-600} + 600 )) tests/run tests/t-soak.sh
+
 # A Xen 4.17 host under QEMU: xl block-attach, live renew, detach (tests/xen/).
 check-xen: all
 	@BINDIR=$(BINDIR) tests/xen/check-xen.sh
@@ -98,5 +104,5 @@ install: all
 clean:
 	rm -rf build build-san bin bin-san
 
-.PHONY: all deps demo check install clean check-vm check-xen
+.PHONY: all deps demo check install clean check-vm check-xen soak
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
