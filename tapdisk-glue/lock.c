@@ -24,6 +24,7 @@
 
 #define LOCK_EXIT_WAIT_MS 10000
 #define LOCK_POLL_MS      10
+#define LOCK_UNSEEN_MS    100
 
 /* The pid /proc/locks gives for a flock on `fd`'s file, or -1. */
 static int lock_holder(int fd)
@@ -97,20 +98,24 @@ int td_lock_image(int fd, const char *path, int shared)
 			return 0;
 		}
 		if (errno != EWOULDBLOCK) {
-			EPRINTF("open: %s: lock: %s", path, strerror(errno));
-			return -errno;
+			int err = errno;
+
+			EPRINTF("open: %s: lock: %s", path, strerror(err));
+			return -err;
 		}
 		pid = lock_holder(fd);
 		if (pid > 0)
 			describe(pid, who, sizeof(who));
-		if (pid <= 0 || !exiting(pid))
+		/* no holder listed: it let go between the two looks (or is out
+		 * of sight, in another pid namespace): look again, briefly */
+		if (pid > 0 ? !exiting(pid) : waited >= LOCK_UNSEEN_MS)
 			break;
 		if (waited >= LOCK_EXIT_WAIT_MS) {
 			EPRINTF("open: %s: in use by %s, still exiting after %d s (%s lock refused)",
 				path, who, LOCK_EXIT_WAIT_MS / 1000, kind);
 			return -EBUSY;
 		}
-		if (!told++)
+		if (pid > 0 && !told++)
 			tlog(TLOG_INFO, "open: %s: held by %s, which is exiting: waiting for it", path, who);
 		nanosleep(&step, NULL);
 	}
