@@ -2,16 +2,21 @@
 """Randomized soak of a live disk: rounds of concurrent writes (qemu-io aio)
 while, at a random moment, the disk is renewed, paused, killed -9 (during a
 renew or not), stopped with SIGTERM, or stopped and renewed offline with
-renew-img. After every round:
+renew-img, all with a history; other rounds end with a renew while no
+write is in flight. After every round:
 - every acknowledged write reads back (nbdcopy of the whole disk);
 - each sector of a write that was in flight at a kill reads as before it
   or as written, nothing else;
 - a killed daemon's image checks clean, and a disk restarted as soon as
   the daemon's main thread is dead opens;
 - no sanitizer report.
+At the end, every generation a quiet renew recorded restores to exactly the
+disk as it was (SOAK_RESTORE=0 skips that; SOAK_KEEP=1 keeps each such
+disk as DIR/want.N to compare a bad restore with).
 
 usage: soak.py DIR SEED SECONDS   (BIN: the programs, default ../bin)
 The same seed gives the same rounds; only their timing varies."""
+import hashlib
 import os
 import random
 import re
@@ -26,12 +31,13 @@ BIN = os.environ.get("BIN", os.path.join(HERE, "..", "bin"))
 D, SEED, SECS = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 SIZE = 64 << 20  # 32 blocks: renews, kills and restarts come quickly
 SEC = 512
-KINDS = ["none", "renew", "renew", "pause", "kill", "renew-kill", "term", "offline"]
+KINDS = ["none", "renew", "renew", "pause", "kill", "renew-kill", "term", "offline", "quiet-renew"]
 rnd = random.Random(SEED)
 os.makedirs(D + "/run", exist_ok=True)
 os.environ["RENEW_RUNDIR"] = D + "/run"
 os.environ["ASAN_OPTIONS"] = "log_path=%s/asan" % D
 VHD = D + "/vm.vhd"
+HIST = D + "/history"
 LOG = open(D + "/tap-ctl.log", "ab")
 state = {"round": 0, "kind": "start"}
 
@@ -58,14 +64,33 @@ def main_thread_dead(pid):
         return True
 
 
+def holders():
+    """The locks on the disk's files and the daemons still there, for a failure's message."""
+    ino = {"%02x:%02x:%d " % (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino): f
+           for f in (VHD, D + "/base.raw") if os.path.exists(f) for st in [os.stat(f)]}
+    lines = ["lock: %s on %s" % (line.strip(), f) for line in open("/proc/locks")
+             for k, f in ino.items() if k in line]
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open("/proc/%s/comm" % pid).read().strip() == "tapdisk-renew":
+                tasks = os.listdir("/proc/%s/task" % pid)
+                lines.append("daemon %s: threads %s" % (pid, " ".join(
+                    t + ":" + open("/proc/%s/task/%s/stat" % (pid, t)).read().rsplit(")", 1)[1].split()[0]
+                    for t in tasks)))
+        except OSError:
+            pass
+    return "\n".join(lines)
+
+
 class Disk:
     """The disk, served by a daemon tap-ctl-renew spawned."""
 
     def start(self):
-        p = subprocess.run([BIN + "/tap-ctl-renew", "create", "--socket-only", "-a", "renew:" + VHD],
+        p = subprocess.run([BIN + "/tap-ctl-renew", "create", "--socket-only", "-a", "renew:" + VHD,
+                            "--history", HIST],
                            stdout=subprocess.PIPE, stderr=LOG, stdin=subprocess.DEVNULL, timeout=300)
         if p.returncode != 0:
-            die("create: exit %d (see %s/tap-ctl.log)" % (p.returncode, D))
+            die("create: exit %d (see %s/tap-ctl.log)\n%s" % (p.returncode, D, holders()))
         self.sock = p.stdout.decode().strip().splitlines()[-1]
         out = run(BIN + "/tap-ctl-renew", "list").stdout.decode()
         m = re.search(r"pid=(\d+) minor=(\d+) state=\S+ args=renew:" + re.escape(VHD) + "$", out, re.M)
@@ -85,9 +110,21 @@ class Disk:
             time.sleep(0.01)
 
 
+def record(p):
+    """A renew with no write in flight: its generation holds the disk as it is."""
+    m = re.search(r"generation (\d+)$", p.stdout.decode(errors="replace"), re.M)
+    if not m:
+        die("the renew reported no generation: " + p.stdout.decode(errors="replace"))
+    generations[int(m.group(1))] = hashlib.sha256(model).hexdigest()
+    if os.environ.get("SOAK_KEEP") == "1":  # the disk itself, to compare a bad restore with
+        with open("%s/want.%s" % (D, m.group(1)), "wb") as f:
+            f.write(model)
+
+
 def pick_writes():
     """Up to 48 writes, none overlapping another: single sectors to two
-    blocks, a third of them across a block boundary."""
+    blocks, a third of them across a block boundary, a tenth of them
+    WRITE_ZEROES (pattern 0)."""
     taken, ws = [], []
     for _ in range(rnd.randint(1, 48)):
         n = rnd.choice([1, 7, 8, 8, 8, 64, 128, 1000, 2048, 4096, 4100])
@@ -99,7 +136,7 @@ def pick_writes():
         if any(s < e and t < s + n for t, e in taken):
             continue
         taken.append((s, s + n))
-        ws.append((s * SEC, n * SEC, rnd.randint(1, 255)))
+        ws.append((s * SEC, n * SEC, 0 if rnd.random() < 0.1 else rnd.randint(1, 255)))
     return ws
 
 
@@ -151,6 +188,7 @@ run(BIN + "/renew-img", "snapshot", D + "/base.raw", VHD)
 disk = Disk()
 disk.start()
 counts = {}
+generations = {}  # generation -> sha256 of the disk right after its renew
 end = time.time() + SECS
 while time.time() < end:
     state["round"] += 1
@@ -160,12 +198,12 @@ while time.time() < end:
     rate = rnd.choice([[], [], ["--rate", str(rnd.choice([20, 50, 200]))]])
     out = {}
     th = None
-    if kind not in ("none", "offline"):
+    if kind not in ("none", "offline", "quiet-renew"):
         th = threading.Thread(target=act, args=(kind, rnd.random() * 0.15, rnd.random() * 0.25, rate, out))
         th.start()
     cmds = []
     for off, ln, pat in ws:
-        cmds += ["-c", "aio_write -P %d %d %d" % (pat, off, ln)]
+        cmds += ["-c", ("aio_write -P %d %d %d" % (pat, off, ln)) if pat else ("aio_write -z %d %d" % (off, ln))]
     q = run("qemu-io", "-t", "writeback", "-f", "raw", "nbd+unix:///?socket=" + disk.sock,
             *cmds, "-c", "aio_flush", ok=False)
     if th:
@@ -194,13 +232,26 @@ while time.time() < end:
     elif kind == "offline":
         disk.ctl("destroy")
         run(BIN + "/renew-img", "check", VHD)
-        run(BIN + "/renew-img", "renew", "-q", VHD)
+        record(run(BIN + "/renew-img", "renew", "--history", HIST, VHD))
         run(BIN + "/renew-img", "check", VHD)
         disk.start()
+    elif kind == "quiet-renew":
+        record(disk.ctl("renew", "--wait"))
     verify(model, pending)
     if any(f.startswith("asan") for f in os.listdir(D)):
         die("a sanitizer report is in " + D)
 disk.ctl("destroy")
 run(BIN + "/renew-img", "check", VHD)
+for gen, want in sorted(generations.items() if os.environ.get("SOAK_RESTORE", "1") == "1" else []):
+    out = D + "/restored.raw"
+    if os.path.exists(out):
+        os.unlink(out)
+    run(BIN + "/renew-img", "restore", HIST, "--generation", str(gen), out)
+    with open(out, "rb") as f:
+        if hashlib.sha256(f.read()).hexdigest() != want:
+            os.rename(out, "%s/restored.%d" % (D, gen))
+            die("generation %d does not restore to the disk as it was right after its renew "
+                "(kept as restored.%d)" % (gen, gen))
+counts["generations restored"] = len(generations)
 print("seed %d: %d rounds, %s" % (SEED, state["round"],
                                    ", ".join("%s %d" % kv for kv in sorted(counts.items()))), flush=True)
