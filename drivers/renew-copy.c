@@ -4,10 +4,11 @@
  * The copier takes allocated blocks in order, COPY_SLOTS at a time: one
  * read of the block from the overlay, then one write into the parent per
  * run of present sectors. Guest writes meanwhile go to the overlay, and to
- * blocks the copier has passed also to the parent (write through, acked
- * when both are done); a block still ahead of the copier gets its new data
- * from the copier. So the parent is complete when the copier reaches the
- * end, and a guest writing ahead of the copier pays one write, not two.
+ * blocks the copier has passed also to the parent once the overlay has
+ * them (write through, acked when both are done); a block still ahead of
+ * the copier gets its new data from the copier. So the parent is complete
+ * when the copier reaches the end, and a guest writing ahead of the
+ * copier pays one write, not two.
  * The overlay stays the disk's authority until the rename.
  *
  * A guest write and the copy of the same block are serialized: the copier
@@ -81,6 +82,8 @@ struct wt_write {
 	uint32_t blk;
 	int pending;
 	int err;                       /* the overlay's result decides */
+	int through;                   /* the parent's half waits for the overlay's */
+	td_request_t remote;
 };
 
 /* A guest flush during the commit: overlay and parent. */
@@ -155,6 +158,13 @@ static void wt_done(td_request_t treq, int err)
 		}
 	} else if (err) {
 		w->err = err;
+		w->pending -= w->through; /* the parent's half is not sent */
+	} else if (w->through) {
+		/* the overlay holds it now: only then the parent, so the parent
+		 * never holds a write the overlay lacks (a kill in between would
+		 * leave the parent showing a sector no overlay, and so no
+		 * history, ever held) */
+		c->target->ops->td_queue_write(c->target, w->remote);
 	}
 	if (--w->pending)
 		return;
@@ -182,13 +192,13 @@ static void wt_issue(struct renew_copy *c, td_request_t p, uint32_t blk)
 	w->c = c;
 	w->blk = blk;
 	w->pending = through ? 2 : 1;
+	w->through = through;
 	c->wr_inflight[blk]++;
 	local.cb = remote.cb = wt_done;
 	local.cb_data = remote.cb_data = w;
 	remote.image = c->target->image;
+	w->remote = remote;
 	renew_write_local(c->s, local);
-	if (through)
-		c->target->ops->td_queue_write(c->target, remote);
 }
 
 /* Hold a guest write until the copy of its block is done. */

@@ -146,3 +146,31 @@ for pw in history.prune:0 history.prune.clean:2; do
 		fail "$p: the second prune did not fold"
 done
 ok "prune killed before its record and before its cleanup: consistent, and prune completes later"
+
+# killed while a guest write goes through to the parent: the write lands in
+# a block the copier has passed and the overlay does not hold (so the
+# overlay allocates it), and the daemon is killed once the overlay's data
+# is there but before its bitmap. The parent must not hold that write then:
+# if it did, the disk would show it from the parent, and no overlay, so no
+# generation, would ever hold it
+mkdir -p "$T/wt"
+randfile "$T/wt/base.raw" 16
+img snapshot "$T/wt/base.raw" "$T/wt/vm.vhd" >/dev/null || fail "snapshot wt"
+for b in 0 1 3 4 5 6; do   # block 2 stays unallocated
+	head -c 2M /dev/urandom | img write "$T/wt/vm.vhd" $(( b * 2097152 )) >/dev/null || fail "write wt $b"
+done
+RENEW_FAULT=alloc.data serve "renew:$T/wt/vm.vhd" "$T/wt.sock"
+tapctl renew -p "$SPID" -m 0 --rate 2 --history "$T/wt/H" >/dev/null || fail "slow renew of wt"
+wait_for 30 sh -c "$BIN/tap-ctl-renew stats -p $SPID -m 0 | python3 -c 'import json, sys; r = json.load(sys.stdin)[\"renew\"]; sys.exit(not (r[\"state\"] == \"copying\" and r[\"bytes_copied\"] >= 3 << 21))'" ||
+	fail "the renew of wt never passed block 2"
+qio "$T/wt.sock" "write -P 85 4M 4k" >/dev/null 2>&1 && fail "the write into block 2 was acknowledged"
+wait "$SPID" 2>/dev/null
+img check "$T/wt/vm.vhd" >/dev/null || fail "wt: check after the kill"
+serve "renew:$T/wt/vm.vhd" "$T/wt.sock"
+tapctl renew -p "$SPID" -m 0 --wait --history "$T/wt/H" >"$T/out" || { cat "$T/out"; fail "wt: renew after the kill"; }
+gen=$(sed -n 's/.*generation \([0-9]*\)$/\1/p' "$T/out")
+export_to "$T/wt.sock" "$T/wt-disk"
+unserve "$SPID" "$T/wt.sock"
+rm -f "$T/r"; img restore "$T/wt/H" --generation "$gen" "$T/r" >/dev/null || fail "wt: restore $gen"
+same "$T/r" "$T/wt-disk"
+ok "killed in a write-through: the parent never holds what the overlay lacks; generation $gen restores to the disk"
