@@ -750,6 +750,20 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 	queue_data_io(s, io, 1, sector_off(s, blk, p.sec), write_done);
 }
 
+int renew_holds(struct renew_state *s, td_request_t p)
+{
+	uint32_t blk = (uint32_t)(p.sec / s->vhd.spb);
+	uint8_t *bm;
+
+	if (!vhd_block_allocated(&s->vhd, blk))
+		return 0;
+	if (full_test(s, blk))
+		return 1;
+	bm = bm_cache_lookup(&s->cache, blk);
+	return bm && bitmap_run(bm, (uint32_t)(p.sec % s->vhd.spb), (uint32_t)p.secs, 1) ==
+		     (uint32_t)p.secs;
+}
+
 void renew_write_local(struct renew_state *s, td_request_t treq)
 {
 	td_sector_t sec = treq.sec, end = treq.sec + (td_sector_t)treq.secs;

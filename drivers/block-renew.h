@@ -73,6 +73,9 @@ struct renew_state {
 int renew_block_full(const struct renew_state *s, uint32_t blk);
 /* The overlay's own write and flush paths (no write-through). */
 void renew_write_local(struct renew_state *s, td_request_t treq);
+/* Does the overlay already hold every sector of the piece `p` (one block's)?
+ * 0 when it cannot tell without reading a bitmap. */
+int renew_holds(struct renew_state *s, td_request_t p);
 void renew_flush_local(struct renew_state *s, td_request_t treq);
 
 /* renew-copy.c, for block-renew.c */

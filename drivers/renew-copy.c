@@ -4,12 +4,13 @@
  * The copier takes allocated blocks in order, COPY_SLOTS at a time: one
  * read of the block from the overlay, then one write into the parent per
  * run of present sectors. Guest writes meanwhile go to the overlay, and to
- * blocks the copier has passed also to the parent once the overlay has
- * them (write through, acked when both are done); a block still ahead of
- * the copier gets its new data from the copier. So the parent is complete
- * when the copier reaches the end, and a guest writing ahead of the
- * copier pays one write, not two.
- * The overlay stays the disk's authority until the rename.
+ * blocks the copier has passed also to the parent (write through, acked
+ * when both are done; sectors the overlay does not hold yet go to the
+ * parent only once it holds them); a block still ahead of the copier gets
+ * its new data from the copier. So the parent is complete when the copier
+ * reaches the end, and a guest writing ahead of the copier pays one
+ * write, not two. The overlay stays the disk's authority until the
+ * rename.
  *
  * A guest write and the copy of the same block are serialized: the copier
  * claims a block only once the guest writes to it are done, and guest
@@ -82,7 +83,8 @@ struct wt_write {
 	uint32_t blk;
 	int pending;
 	int err;                       /* the overlay's result decides */
-	int through;                   /* the parent's half waits for the overlay's */
+	int through;                   /* the parent gets it too */
+	int after;                     /* ... only once the overlay holds it */
 	td_request_t remote;
 };
 
@@ -158,12 +160,8 @@ static void wt_done(td_request_t treq, int err)
 		}
 	} else if (err) {
 		w->err = err;
-		w->pending -= w->through; /* the parent's half is not sent */
-	} else if (w->through) {
-		/* the overlay holds it now: only then the parent, so the parent
-		 * never holds a write the overlay lacks (a kill in between would
-		 * leave the parent showing a sector no overlay, and so no
-		 * history, ever held) */
+		w->pending -= w->after; /* the parent's half is not sent */
+	} else if (w->after) {
 		c->target->ops->td_queue_write(c->target, w->remote);
 	}
 	if (--w->pending)
@@ -192,13 +190,19 @@ static void wt_issue(struct renew_copy *c, td_request_t p, uint32_t blk)
 	w->c = c;
 	w->blk = blk;
 	w->pending = through ? 2 : 1;
-	w->through = through;
+	/* sectors the overlay does not hold yet reach the parent only once it
+	 * holds them: a kill in between must not leave the parent showing a
+	 * write no overlay, and so no history generation, ever held. Sectors
+	 * it holds already hide the parent's, so both halves go at once */
+	w->after = through && !renew_holds(c->s, p);
 	c->wr_inflight[blk]++;
 	local.cb = remote.cb = wt_done;
 	local.cb_data = remote.cb_data = w;
 	remote.image = c->target->image;
 	w->remote = remote;
 	renew_write_local(c->s, local);
+	if (through && !w->after)
+		c->target->ops->td_queue_write(c->target, remote);
 }
 
 /* Hold a guest write until the copy of its block is done. */
