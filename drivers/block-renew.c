@@ -753,15 +753,13 @@ static void write_block(struct renew_state *s, td_request_t p, uint32_t blk)
 int renew_holds(struct renew_state *s, td_request_t p)
 {
 	uint32_t blk = (uint32_t)(p.sec / s->vhd.spb);
-	uint8_t *bm;
+	uint8_t *bm = NULL;
 
 	if (!vhd_block_allocated(&s->vhd, blk))
 		return 0;
-	if (full_test(s, blk))
-		return 1;
-	bm = bm_cache_lookup(&s->cache, blk);
-	return bm && bitmap_run(bm, (uint32_t)(p.sec % s->vhd.spb), (uint32_t)p.secs, 1) ==
-		     (uint32_t)p.secs;
+	if (!full_test(s, blk) && !(bm = bm_cache_lookup(&s->cache, blk)))
+		return 0;
+	return bits_present(s, blk, bm, p);
 }
 
 void renew_write_local(struct renew_state *s, td_request_t treq)

@@ -39,7 +39,6 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
-#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "block-renew.h"
@@ -83,8 +82,7 @@ struct wt_write {
 	uint32_t blk;
 	int pending;
 	int err;                       /* the overlay's result decides */
-	int through;                   /* the parent gets it too */
-	int after;                     /* ... only once the overlay holds it */
+	int after;                     /* the parent's half waits for the overlay's */
 	td_request_t remote;
 };
 
@@ -637,38 +635,6 @@ void renew_remove_stale(const char *path)
 	free(tmp);
 }
 
-/* The pids (and names) holding locks on the file, for the error message. */
-static void lock_holders(const char *path, char *out, size_t len)
-{
-	struct stat st;
-	char line[256];
-	size_t k = 0;
-	FILE *f;
-
-	out[0] = '\0';
-	if (stat(path, &st) || !(f = fopen("/proc/locks", "re")))
-		return;
-	while (fgets(line, sizeof(line), f) && k + 64 < len) {
-		unsigned int maj, min;
-		unsigned long ino;
-		int pid;
-		char comm[64] = "?", cpath[64];
-		FILE *cf;
-
-		if (sscanf(line, "%*d: %*s %*s %*s %d %x:%x:%lu", &pid, &maj, &min, &ino) != 4 ||
-		    ino != st.st_ino || makedev(maj, min) != st.st_dev || pid == getpid())
-			continue;
-		snprintf(cpath, sizeof(cpath), "/proc/%d/comm", pid);
-		if ((cf = fopen(cpath, "re"))) {
-			if (fgets(comm, sizeof(comm), cf))
-				comm[strcspn(comm, "\n")] = '\0';
-			fclose(cf);
-		}
-		k += (size_t)snprintf(out + k, len - k, "%spid %d (%s)", k ? ", " : "", pid, comm);
-	}
-	fclose(f);
-}
-
 /* Take the parent exclusively: nobody else may read it while it changes. */
 static int guard_lock(struct renew_copy *c)
 {
@@ -683,7 +649,7 @@ static int guard_lock(struct renew_copy *c)
 		return 0;
 	}
 	c->parent->ops->td_lock(c->parent, LOCK_SH | LOCK_NB);
-	lock_holders(c->parent_path, who, sizeof(who));
+	td_lock_holders(c->parent_path, who, sizeof(who));
 	EPRINTF("renew: %s: the parent %s is in use by another disk or process%s%s (use --force to commit anyway)",
 		c->s->vhd.path, c->parent_path, *who ? ": " : "", who);
 	return -EBUSY;

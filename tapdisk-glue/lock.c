@@ -26,28 +26,44 @@
 #define LOCK_POLL_MS      10
 #define LOCK_UNSEEN_MS    100
 
-/* The pid /proc/locks gives for a flock on `fd`'s file, or -1. */
-static int lock_holder(int fd)
+/* Call `fn` with each lock /proc/locks lists on the file `st` describes
+ * (ours aside: flock or another kind), until it returns nonzero. */
+static void each_holder(const struct stat *st, int (*fn)(int pid, int is_flock, void *arg), void *arg)
 {
 	char line[256], type[16];
 	unsigned maj, min;
 	unsigned long long ino;
-	struct stat st;
-	int pid, found = -1;
-	FILE *f;
+	int pid;
+	FILE *f = fopen("/proc/locks", "re");
 
-	if (fstat(fd, &st) < 0 || !(f = fopen("/proc/locks", "re")))
-		return -1;
-	while (found < 0 && fgets(line, sizeof(line), f)) {
-		if (strstr(line, "->")) /* a waiter, not a holder */
-			continue;
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f))
+		/* a waiter's line ("1: -> FLOCK ...") does not parse: skipped */
 		if (sscanf(line, "%*d: %15s %*s %*s %d %x:%x:%llu", type, &pid, &maj, &min, &ino) == 5 &&
-		    !strcmp(type, "FLOCK") && maj == major(st.st_dev) && min == minor(st.st_dev) &&
-		    ino == (unsigned long long)st.st_ino && pid != getpid())
-			found = pid;
-	}
+		    makedev(maj, min) == st->st_dev && ino == (unsigned long long)st->st_ino &&
+		    pid != getpid() && fn(pid, !strcmp(type, "FLOCK"), arg))
+			break;
 	fclose(f);
-	return found;
+}
+
+/* Keep the first flock holder's pid. */
+static int first_flock(int pid, int is_flock, void *arg)
+{
+	if (is_flock)
+		*(int *)arg = pid;
+	return is_flock;
+}
+
+/* The pid holding a flock on `fd`'s file, or -1. */
+static int lock_holder(int fd)
+{
+	struct stat st;
+	int pid = -1;
+
+	if (fstat(fd, &st) == 0)
+		each_holder(&st, first_flock, &pid);
+	return pid;
 }
 
 /* Is `pid`'s main thread a zombie, so the process is on its way out? */
@@ -69,7 +85,7 @@ static int exiting(int pid)
 /* "pid N (command)" of a holder, for messages. */
 static void describe(int pid, char *out, size_t len)
 {
-	char path[64], comm[64] = "";
+	char path[64], comm[64] = "?";
 	FILE *f;
 
 	snprintf(path, sizeof(path), "/proc/%d/comm", pid);
@@ -78,10 +94,36 @@ static void describe(int pid, char *out, size_t len)
 			comm[strcspn(comm, "\n")] = '\0';
 		fclose(f);
 	}
-	if (comm[0])
-		snprintf(out, len, "pid %d (%s)", pid, comm);
-	else
-		snprintf(out, len, "pid %d", pid);
+	snprintf(out, len, "pid %d (%s)", pid, comm);
+}
+
+struct holder_list {
+	char *out;
+	size_t len, k;
+};
+
+/* Add a holder to the list, while there is room. */
+static int list_holder(int pid, int is_flock, void *arg)
+{
+	struct holder_list *l = arg;
+	char one[96];
+
+	(void)is_flock;
+	if (l->k + 64 >= l->len)
+		return 1;
+	describe(pid, one, sizeof(one));
+	l->k += (size_t)snprintf(l->out + l->k, l->len - l->k, "%s%s", l->k ? ", " : "", one);
+	return 0;
+}
+
+void td_lock_holders(const char *path, char *out, size_t len)
+{
+	struct holder_list l = { out, len, 0 };
+	struct stat st;
+
+	out[0] = '\0';
+	if (stat(path, &st) == 0)
+		each_holder(&st, list_holder, &l);
 }
 
 int td_lock_image(int fd, const char *path, int shared)

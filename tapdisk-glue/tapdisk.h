@@ -212,6 +212,9 @@ void td_driver_close(td_driver_t *drv);
  * A holder that is exiting is waited for; any other holder is refused at
  * once, named in the message. Returns 0, -EBUSY or another -errno. */
 int td_lock_image(int fd, const char *path, int shared);
+/* Who holds locks on `path`, for a message: "pid 12 (tapdisk-renew), ..."
+ * (empty when nobody else does). */
+void td_lock_holders(const char *path, char *out, size_t len);
 
 /* Fault injection for crash and error tests: RENEW_FAULT=POINT[:N[:ACTION]]
  * makes the N-th pass (default 1) through POINT kill the process
