@@ -13,7 +13,7 @@ XEN_SCRIPTS ?= /etc/xen/scripts
 CFLAGS  ?= -O2 -g
 WARN     = -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CPPFLAGS += -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib/vhd -Ilib/ctl -Ilib/history -Itapdisk-glue
-LDLIBS   = -laio -lz -pthread
+LDLIBS   = -laio -lz -lcrypto -pthread
 BUILD   ?= build
 BINDIR  ?= bin
 

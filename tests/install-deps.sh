@@ -2,7 +2,7 @@
 # install-deps.sh [PACKAGE...]: install the Debian packages the build and
 # the tests use (or the ones named), when missing.
 set -e
-pkgs="build-essential libaio-dev zlib1g-dev qemu-utils libnbd-bin nbdkit fio libvhdi-utils nbd-client valgrind util-linux e2fsprogs xfsprogs python3 clang libclang-rt-14-dev"
+pkgs="build-essential libaio-dev zlib1g-dev libssl-dev qemu-utils libnbd-bin nbdkit fio libvhdi-utils nbd-client valgrind util-linux e2fsprogs xfsprogs python3 clang libclang-rt-14-dev"
 opts=""
 if [ $# -gt 0 ]; then
 	pkgs="$*"

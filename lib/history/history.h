@@ -37,15 +37,6 @@
 int hist_err(char *err, size_t errlen, int rc, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* --- sha256 (hist-sha256.c) --- */
-struct hist_sha256 {
-	uint32_t h[8];
-	uint64_t len;
-	uint8_t buf[64];
-	size_t n;
-};
-void hist_sha256_init(struct hist_sha256 *s);
-void hist_sha256_update(struct hist_sha256 *s, const void *data, size_t len);
-void hist_sha256_final(struct hist_sha256 *s, char hex[65]);
 /* The sha256 of a file's bytes (as `sha256sum` prints it); *done counts
  * the bytes read so far when non-NULL. */
 int hist_sha256_file(const char *path, char hex[65], uint64_t *done, char *err, size_t errlen);
