@@ -1,7 +1,7 @@
 #!/bin/bash
 # build-rootfs.sh DIR: a Debian 12 dom0 root filesystem for check-xen, from
 # Debian packages only: Xen 4.17 + xl, Linux 6.1 with Debian's initramfs,
-# nbd-client, and the libraries our programs link (libaio1, zlib1g).
+# nbd-client, and the libraries our programs link (libaio1, zlib1g, libssl3).
 # No qemu-system-xen: the guests are PV with blkback disks only.
 # check-xen caches DIR under a key made from this file, so any change here
 # rebuilds it.
@@ -10,7 +10,7 @@ R=$1
 MIRROR=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PKGS=xen-hypervisor-4.17-amd64,xen-utils-4.17,xen-utils-common,linux-image-amd64,initramfs-tools
-PKGS=$PKGS,busybox,kmod,udev,procps,iproute2,util-linux,e2fsprogs,nbd-client,libaio1,zlib1g
+PKGS=$PKGS,busybox,kmod,udev,procps,iproute2,util-linux,e2fsprogs,nbd-client,libaio1,zlib1g,libssl3
 
 rm -rf "$R"
 mkdir -p "$(dirname "$R")"
