@@ -10,9 +10,10 @@ write is in flight. After every round:
 - a killed daemon's image checks clean, and a disk restarted as soon as
   the daemon's main thread is dead opens;
 - no sanitizer report.
-At the end, every generation a quiet renew recorded restores to exactly the
-disk as it was (SOAK_RESTORE=0 skips that; SOAK_KEEP=1 keeps each such
-disk as DIR/want.N to compare a bad restore with).
+At the end, generations a quiet or offline renew recorded restore to
+exactly the disk as it was: SOAK_RESTORES of them (default 24, picked by
+the seed, the last always in it; "all", or 0 for none). SOAK_KEEP=1 keeps
+each such disk as DIR/want.N to compare a bad restore with.
 
 usage: soak.py DIR SEED SECONDS   (BIN: the programs, default ../bin)
 The same seed gives the same rounds; only their timing varies."""
@@ -243,14 +244,15 @@ while time.time() < end:
         die("a sanitizer report is in " + D)
 disk.ctl("destroy")
 run(BIN + "/renew-img", "check", VHD)
-restoring = os.environ.get("SOAK_RESTORE", "1") == "1"
 # Restoring generation N replays N overlays, so restoring all of a long
 # soak's generations grows with their square: a long soak restores a
-# sample (SOAK_RESTORES, default 24), the last generation always in it.
-cap = int(os.environ.get("SOAK_RESTORES", "24"))
-gens = sorted(generations) if restoring else []
-if len(gens) > cap > 0:
-    gens = sorted(random.Random(SEED).sample(gens[:-1], cap - 1)) + gens[-1:]
+# sample, the last generation always in it.
+cap = os.environ.get("SOAK_RESTORES", "24")
+gens = sorted(generations)
+if cap == "0":
+    gens = []
+elif cap != "all" and len(gens) > int(cap):
+    gens = sorted(random.Random(SEED).sample(gens[:-1], int(cap) - 1)) + gens[-1:]
 # a timeout during the restores then shows where the time went
 print("seed %d: %d rounds in %.0f s; restoring %d of %d generations" %
       (SEED, state["round"], time.time() - START, len(gens), len(generations)), flush=True)

@@ -13,10 +13,10 @@
 
 #define READ_CHUNK (1u << 20)
 
-/* The digest's bytes as lowercase hex. */
-static void to_hex(const unsigned char *md, unsigned int len, char hex[65])
+/* The digest's 32 bytes as lowercase hex. */
+static void to_hex(const unsigned char md[32], char hex[65])
 {
-	for (unsigned int i = 0; i < len && i < 32; i++)
+	for (int i = 0; i < 32; i++)
 		snprintf(hex + 2 * i, 3, "%02x", md[i]);
 }
 
@@ -48,7 +48,11 @@ int hist_sha256_file(const char *path, char hex[65], uint64_t *done, char *err, 
 			hist_err(err, errlen, 0, "sha256 of %s: read: %s", path, strerror(errno));
 			goto out;
 		}
-		EVP_DigestUpdate(ctx, buf, (size_t)n);
+		if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
+			rc = -EIO;
+			hist_err(err, errlen, 0, "sha256 of %s: libcrypto failed to digest it", path);
+			goto out;
+		}
 		if (done)
 			__atomic_add_fetch(done, (uint64_t)n, __ATOMIC_RELAXED);
 	}
@@ -57,7 +61,7 @@ int hist_sha256_file(const char *path, char hex[65], uint64_t *done, char *err, 
 		hist_err(err, errlen, 0, "sha256 of %s: libcrypto failed to finish the digest", path);
 		goto out;
 	}
-	to_hex(md, mdlen, hex);
+	to_hex(md, hex);
 out:
 	if (fd >= 0)
 		close(fd);
